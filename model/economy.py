@@ -1,0 +1,190 @@
+"""The coupled four-layer program: layers joined only through named markets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import cvxpy as cp
+import networkx as nx
+import numpy as np
+
+from .data import EconomyData, compile_data
+from .formulation import Builder, StructureChanged
+from .layers.agent import Agent
+from .layers.base import WELFARE, Layer, welfare
+from .layers.capital import Capital
+from .layers.router import Router
+from .layers.serving import Serving
+from .markets import MarketSpec, define_markets
+from .schema import Instance
+
+logger = logging.getLogger(__name__)
+
+
+def default_layers() -> list[Layer]:
+    """Return fresh router, agent, serving and capital layers, in request order."""
+    return [Router(), Agent(), Serving(), Capital()]
+
+
+class Economy:
+    """The joint convex program of one instance.
+
+    Parameters
+    ----------
+    instance:
+        A validated instance (see :func:`tokenomy.model.load_instance`).
+    layers:
+        Layers in request order; defaults to :func:`default_layers`.
+    prices:
+        Exogenous price per row for priced markets, overriding the instance
+        (``{market name: array}``, in the market's price unit).
+    offsets:
+        Added to each constraint market's right-hand side, per row, in the
+        market's unit (used by finite-difference checks of prices).
+
+    Attributes
+    ----------
+    data:
+        Index sets and arrays compiled from the instance.
+    markets:
+        Market specs, implicit (routing, serving loads, GPUs) and declared.
+    problem:
+        The CVXPY problem; all data are Parameters, so :meth:`update`
+        re-solves without recompiling when the structure is unchanged.
+    welfare_scale:
+        USD per period that the solver sees as 1 in the objective.
+    """
+
+    def __init__(
+        self,
+        instance: Instance,
+        layers: Sequence[Layer] | None = None,
+        prices: Mapping[str, np.ndarray | float] | None = None,
+        offsets: Mapping[str, np.ndarray | float] | None = None,
+    ):
+        self.layers = list(layers) if layers is not None else default_layers()
+        self._build(instance, prices or {}, offsets or {}, reuse=None)
+
+    # -- construction -----------------------------------------------------
+
+    def _build(self, instance, prices, offsets, reuse: Builder | None) -> None:
+        data = compile_data(instance)
+        builder = Builder(reuse=reuse)
+        for layer in self.layers:
+            layer.declare(builder, data, instance)
+        markets = define_markets(instance, data)
+        for spec in markets:
+            if spec.name in prices:
+                spec.price = np.broadcast_to(np.asarray(prices[spec.name], float), spec.rows.shape).copy()
+
+        welfare_scale = float(np.sum(data.volume * data.value)) or 1.0
+        for spec in markets:
+            if spec.mode == "price":
+                self._charge_price(builder, spec)
+        objective = cp.sum(cp.hstack([
+            builder.expression(name, welfare_scale)
+            for name in sorted(builder.quantities) if name.startswith(WELFARE)
+        ]))
+        market_constraints = {
+            spec.name: self._market_constraint(builder, spec, offsets.get(spec.name, 0.0))
+            for spec in markets if spec.is_constraint
+        }
+        if reuse is None:
+            constraints = list(builder.constraints) + list(market_constraints.values())
+            self.problem = cp.Problem(cp.Maximize(objective), constraints)
+            self.market_constraints = market_constraints
+        self.instance, self.data, self.builder = instance, data, builder
+        self.markets = markets
+        self.welfare_scale = welfare_scale
+
+    @staticmethod
+    def _charge_price(builder: Builder, spec: MarketSpec) -> None:
+        """Add ``-price * weight * usage`` of a priced market to welfare."""
+        source = builder.quantities.get(spec.quantity)
+        if source is None:
+            return
+        row_price = np.zeros(source.size)
+        row_price[spec.rows] = spec.price * spec.weight
+        for part in source.contributions:
+            entry_price = part.aggregate.T @ row_price
+            builder.contribute(welfare(f"market.{spec.name}"), part.layer, part.variable,
+                               -entry_price * part.coefficient)
+
+    @staticmethod
+    def _market_constraint(builder: Builder, spec: MarketSpec, offset) -> cp.Constraint:
+        size = builder.quantities[spec.quantity].size if spec.quantity in builder.quantities \
+            else int(spec.rows.max(initial=-1)) + 1
+        if spec.quantity not in builder.quantities:
+            logger.warning("market %s has no contributions; its constraint is trivially met", spec.name)
+            builder.quantity(spec.quantity, size, spec.unit)
+        row_scale = np.ones(size)
+        row_scale[spec.rows] = spec.scale
+        usage_rows = builder.expression(spec.quantity, row_scale)[spec.rows]
+        rhs = (spec.rhs + np.broadcast_to(np.asarray(offset, float), spec.rows.shape)) / spec.scale
+        rhs_param = builder.parameter(f"market.{spec.name}.rhs", rhs)
+        if spec.mode == "equality":
+            return usage_rows == rhs_param
+        return usage_rows <= rhs_param
+
+    # -- re-parameterisation ---------------------------------------------
+
+    def update(
+        self,
+        instance: Instance | None = None,
+        prices: Mapping[str, np.ndarray | float] | None = None,
+        offsets: Mapping[str, np.ndarray | float] | None = None,
+    ) -> bool:
+        """Load new data, prices or offsets into the compiled problem.
+
+        Returns ``True`` when the compiled problem was reused, ``False`` when the
+        structure changed (different options, markets or curve shapes) and the
+        problem was rebuilt.
+        """
+        instance = instance or self.instance
+        try:
+            self._build(instance, prices or {}, offsets or {}, reuse=self.builder)
+            return True
+        except StructureChanged as change:
+            logger.info("structure changed (%s); rebuilding the problem", change)
+            self.layers = [type(layer)() for layer in self.layers]
+            self._build(instance, prices or {}, offsets or {}, reuse=None)
+            return False
+
+    # -- reading ----------------------------------------------------------
+
+    def market(self, name: str) -> MarketSpec:
+        for spec in self.markets:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no market named {name!r}; markets: {[m.name for m in self.markets]}")
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """Layer-market graph: an edge ``layer -> market`` where the layer uses the market.
+
+        Node attribute ``type`` is ``layer`` or ``market``; market nodes carry
+        ``kind``, ``mode`` and ``unit``; edges carry ``role`` (``demand`` when
+        the layer's contribution raises usage, ``supply`` when it lowers it).
+        """
+        graph = nx.DiGraph()
+        for layer in self.layers:
+            graph.add_node(layer.name, type="layer")
+        for spec in self.markets:
+            graph.add_node(spec.name, type="market", kind=spec.kind, mode=spec.mode, unit=spec.unit)
+            quantity = self.builder.quantities.get(spec.quantity)
+            if quantity is None:
+                continue
+            for part in quantity.contributions:
+                role = "supply" if np.all(part.coefficient <= 0) else "demand"
+                if not graph.has_edge(part.layer, spec.name):
+                    graph.add_edge(part.layer, spec.name, role=role)
+        return graph
+
+    def describe(self) -> str:
+        """Return a one-line size summary for logs."""
+        problem = self.problem
+        return (f"{len(self.data.tasks)} tasks, {len(self.data.models)} models, "
+                f"{self.data.option_count} options, {len(self.markets)} markets, "
+                f"{sum(v.size for v in problem.variables())} variables")
+

@@ -1,0 +1,78 @@
+"""Exceptions raised by tokenomy.
+
+Every exception a user can cause derives from :class:`TokenomyError`, so the
+command line can print its message without a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TokenomyError(Exception):
+    """Base class of every error tokenomy raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One invalid field of an instance file.
+
+    Attributes
+    ----------
+    path:
+        Dotted field path, e.g. ``tasks.fix-failing-test.volume``.
+    value:
+        The offending value as found in the file (``None`` when missing).
+    message:
+        What is wrong with it.
+    fix:
+        What to write instead.
+    """
+
+    path: str
+    value: object
+    message: str
+    fix: str
+
+    def describe(self) -> str:
+        shown = "(missing)" if self.value is _MISSING else repr(self.value)
+        if isinstance(self.value, (dict, list)) and len(shown) > 80:
+            shown = shown[:77] + "..."
+        return f"{self.path} = {shown}: {self.message}. Fix: {self.fix}"
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(missing)"
+
+
+_MISSING = _Missing()
+MISSING: object = _MISSING
+"""Marker for a field that is absent from the instance file."""
+
+
+class InstanceError(TokenomyError):
+    """An instance file (or an override of it) is invalid.
+
+    The message lists every problem found with the file name, the dotted
+    field path, the value and the fix.
+    """
+
+    def __init__(self, source: str, problems: list[FieldProblem]):
+        self.source = source
+        self.problems = problems
+        lines = [f"invalid instance {source}: {len(problems)} problem(s)"]
+        lines += [f"  - {problem.describe()}" for problem in problems]
+        super().__init__("\n".join(lines))
+
+
+class SolveError(TokenomyError):
+    """The solver could not produce a usable solution."""
+
+
+class InfeasibleError(SolveError):
+    """No allocation satisfies every budget and capacity."""
+
+
+class UnboundedError(SolveError):
+    """Welfare can grow without limit; the instance misses a cost or a bound."""

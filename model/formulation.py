@@ -1,0 +1,206 @@
+"""The builder that layers write into.
+
+Layers declare variables, their own (conic) constraints, and *linear
+contributions* of their variables to named quantities: parts of welfare and
+the usage of markets. The core turns each market's usage into a constraint
+(budgeted) or a charge in the objective (priced). Because every market usage
+and welfare part is linear in the variables, and all nonlinearity sits in
+the layers' cone constraints, duals of market rows are exactly the prices.
+
+All numbers enter through CVXPY Parameters (DPP), so changing data or prices
+re-solves without recompiling. A builder created with ``reuse=`` an earlier
+builder reuses that builder's variables and parameters, assigning new values,
+which is how :meth:`Economy.update` re-parameterises a compiled problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cvxpy as cp
+import numpy as np
+import scipy.sparse as sp
+
+
+class StructureChanged(Exception):
+    """Raised in reuse mode when new data needs a different problem structure."""
+
+
+@dataclass
+class Contribution:
+    """A linear contribution ``aggregate @ (coefficient * variable)`` to a quantity.
+
+    ``coefficient`` is in the quantity's unit per unit of the variable, before
+    scaling; ``aggregate`` maps variable entries to the quantity's rows.
+    """
+
+    layer: str
+    variable: str
+    coefficient: np.ndarray
+    aggregate: sp.csr_matrix
+    label: str
+
+
+@dataclass
+class Quantity:
+    """A named linear quantity: a welfare part (USD per period) or a market usage."""
+
+    name: str
+    size: int
+    unit: str
+    contributions: list[Contribution] = field(default_factory=list)
+
+
+class Builder:
+    """Collects variables, layer constraints and linear quantities."""
+
+    def __init__(self, reuse: Builder | None = None):
+        self.variables: dict[str, cp.Variable] = {}
+        self.parameters: dict[str, cp.Parameter] = {}
+        self.constraints: list[cp.Constraint] = []
+        self.constraint_names: list[str] = []
+        self.quantities: dict[str, Quantity] = {}
+        self._reuse = reuse
+
+    # -- declarations -----------------------------------------------------
+
+    def variable(self, name: str, size: int, *, nonneg: bool = True) -> cp.Variable:
+        """Declare (or, in reuse mode, fetch) a flat variable of ``size`` entries."""
+        if name in self.variables:
+            raise ValueError(f"variable {name!r} is declared twice")
+        if self._reuse is not None:
+            old = self._reuse.variables.get(name)
+            if old is None or old.size != size:
+                raise StructureChanged(f"variable {name}")
+            self.variables[name] = old
+            return old
+        var = cp.Variable(size, nonneg=nonneg, name=name)
+        self.variables[name] = var
+        return var
+
+    def parameter(self, name: str, value: np.ndarray | float, *, nonneg: bool = False) -> cp.Parameter:
+        """Declare (or, in reuse mode, update) a parameter holding ``value``."""
+        array = np.atleast_1d(np.asarray(value, dtype=float))
+        if name in self.parameters:
+            raise ValueError(f"parameter {name!r} is declared twice")
+        if self._reuse is not None:
+            old = self._reuse.parameters.get(name)
+            if old is None or old.shape != array.shape:
+                raise StructureChanged(f"parameter {name}")
+            old.value = array
+            self.parameters[name] = old
+            return old
+        param = cp.Parameter(array.shape, nonneg=nonneg, name=name, value=array)
+        self.parameters[name] = param
+        return param
+
+    def constrain(self, name: str, constraints: Sequence[cp.Constraint]) -> None:
+        """Add a layer's own constraints (cones, bounds), labelled for diagnostics."""
+        for item in constraints:
+            self.constraints.append(item)
+            self.constraint_names.append(name)
+
+    def quantity(self, name: str, size: int, unit: str) -> Quantity:
+        """Return the quantity ``name``, creating it with ``size`` rows if new."""
+        existing = self.quantities.get(name)
+        if existing is None:
+            existing = Quantity(name, size, unit)
+            self.quantities[name] = existing
+        elif existing.size != size:
+            raise ValueError(f"quantity {name!r} has {existing.size} rows, not {size}")
+        return existing
+
+    def contribute(
+        self,
+        quantity: str,
+        layer: str,
+        variable: str,
+        coefficient: np.ndarray,
+        rows: np.ndarray | None = None,
+        *,
+        size: int = 1,
+        unit: str = "USD",
+        label: str = "",
+    ) -> None:
+        """Add ``sum over entries of coefficient * variable`` to rows of a quantity.
+
+        Parameters
+        ----------
+        quantity:
+            Quantity name, e.g. ``"welfare.value"`` or ``"usage.compute"``.
+        layer:
+            Contributing layer (an edge of the layer-market graph).
+        variable:
+            Name of a declared variable.
+        coefficient:
+            Quantity units per unit of each variable entry, shape ``(variable.size,)``.
+        rows:
+            Row of the quantity each entry adds to; all zeros for a scalar quantity.
+        """
+        var = self.variables[variable]
+        coefficient = np.broadcast_to(np.asarray(coefficient, dtype=float), (var.size,)).copy()
+        rows = np.zeros(var.size, dtype=int) if rows is None else np.asarray(rows, dtype=int)
+        target = self.quantity(quantity, size, unit)
+        keep = rows >= 0
+        aggregate = sp.csr_matrix(
+            (np.ones(int(keep.sum())), (rows[keep], np.flatnonzero(keep))),
+            shape=(target.size, var.size),
+        )
+        coefficient = np.where(keep, coefficient, 0.0)
+        target.contributions.append(Contribution(layer, variable, coefficient, aggregate, label))
+
+    # -- assembly ---------------------------------------------------------
+
+    def expression(self, quantity: str, row_scale: np.ndarray | float) -> cp.Expression:
+        """Build the scaled CVXPY expression ``quantity / row_scale`` from parameters."""
+        target = self.quantities[quantity]
+        row_scale = np.broadcast_to(np.asarray(row_scale, dtype=float), (target.size,))
+        terms = []
+        for index, part in enumerate(target.contributions):
+            entry_scale = part.aggregate.T @ (1.0 / row_scale)
+            param = self.parameter(f"{quantity}#{index}", part.coefficient * entry_scale)
+            terms.append(part.aggregate @ cp.multiply(param, self.variables[part.variable]))
+        if not terms:
+            return cp.Constant(np.zeros(target.size))
+        return terms[0] if len(terms) == 1 else cp.sum(terms)
+
+    def evaluate(self, quantity: str) -> np.ndarray:
+        """Return the unscaled value of a quantity at the current variable values."""
+        target = self.quantities[quantity]
+        total = np.zeros(target.size)
+        for part in target.contributions:
+            value = self.variables[part.variable].value
+            if value is not None:
+                total += part.aggregate @ (part.coefficient * value)
+        return total
+
+    def layers_of(self, quantity: str) -> list[str]:
+        """Return the layers that contribute to a quantity, in declaration order."""
+        target = self.quantities.get(quantity)
+        if target is None:
+            return []
+        return list(dict.fromkeys(part.layer for part in target.contributions))
+
+
+def geometric_mean_constraints(
+    builder: Builder, name: str, inputs: list[cp.Expression], weights: np.ndarray,
+    bound: cp.Expression,
+) -> list[cp.Constraint]:
+    """Return cones stating ``bound <= prod_i inputs[i] ** weights[i]`` elementwise.
+
+    ``weights`` has one row per input and one column per entry and sums to one
+    over rows. The product is folded into a chain of 3-D power cones, because
+    CVXPY (1.9) fails to stuff N-D power cones of different heights into one
+    problem.
+    """
+    weights = np.asarray(weights, dtype=float)
+    accumulated, total = inputs[0], weights[0]
+    constraints: list[cp.Constraint] = []
+    for i in range(1, len(inputs)):
+        last = i == len(inputs) - 1
+        target = bound if last else builder.variable(f"{name}.mean{i}", weights.shape[1])
+        share = total / (total + weights[i])
+        constraints.append(cp.constraints.PowCone3D(accumulated, inputs[i], target, share))
+        accumulated, total = target, total + weights[i]
+    return constraints

@@ -1,0 +1,213 @@
+"""Agent layer: how a routed request's tokens split among uses, and human review.
+
+Variables
+---------
+``tokens[j]``
+    For each active (option, use) pair ``j``: tokens per class request divided by
+    the pair's token scale, i.e. ``route * tokens_per_routed_request / scale``.
+``effort[k]``, ``shortfall[k]``
+    For options whose success depends on tokens: the curve's effort ``G`` and the
+    perspective ``route * exp(-rate * G / route)`` of the missing success.
+``exposure[k]``, ``review[k, h]``
+    For options that can take a wrong irreversible action: the perspective
+    ``route * exp(-u / route)`` of the wrong-action probability, where ``u`` adds
+    verification tokens and review minutes, each over its risk scale.
+
+Because the curves are homogeneous of degree one, expected successes of the
+routed share are the perspective ``max_success * (route - shortfall)``, an
+exponential-cone constraint, so routing and token allocation are jointly convex.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cvxpy as cp
+import numpy as np
+
+from ..data import EconomyData
+from ..formulation import Builder, geometric_mean_constraints
+from ..schema import Instance
+from .base import usage, welfare
+
+MINUTE = 60.0
+
+
+@dataclass
+class AgentIndex:
+    """Index arrays of the agent's variables (kept for reports and checks)."""
+
+    pair_option: np.ndarray
+    pair_use: np.ndarray
+    variable_options: np.ndarray
+    risk_options: np.ndarray
+
+
+def agent_index(data: EconomyData, with_risk: bool) -> AgentIndex:
+    """Return the active (option, use) pairs and the option subsets with cones."""
+    exposed = (data.wrong_action * data.loss[data.option_task]) > 0
+    risk_options = np.flatnonzero(exposed) if with_risk else np.array([], dtype=int)
+    reduces_risk = np.isfinite(data.risk_scale)[None, :] & np.isin(
+        np.arange(data.option_count), risk_options)[:, None]
+    active = data.in_curve | np.isfinite(data.fixed_tokens) | reduces_risk
+    pair_option, pair_use = np.nonzero(active)
+    variable_options = np.flatnonzero(data.family != "constant")
+    return AgentIndex(pair_option, pair_use, variable_options, risk_options)
+
+
+class Agent:
+    name = "agent"
+
+    def declare(self, builder: Builder, data: EconomyData, instance: Instance) -> None:
+        with_risk = any(m.kind == "risk" for m in instance.markets.values())
+        index = agent_index(data, with_risk)
+        self.index = index
+        route = builder.variables["route"]
+        tokens = builder.variable("tokens", len(index.pair_option))
+
+        self._define_success(builder, data, index, route, tokens)
+        self._define_fixed_tokens(builder, data, index, route, tokens)
+        self._define_token_costs(builder, data, index)
+        if len(index.risk_options):
+            self._define_risk(builder, data, index, route, tokens)
+
+    def _define_success(self, builder, data, index, route, tokens) -> None:
+        options = index.variable_options
+        if not len(options):
+            return
+        effort = builder.variable("effort", len(options))
+        shortfall = builder.variable("shortfall", len(options))
+        rate = builder.parameter("agent.rate", data.rate[options], nonneg=True)
+        builder.constrain("agent.success", [
+            cp.constraints.ExpCone(-cp.multiply(rate, effort), route[options], shortfall)])
+
+        position = {int(k): i for i, k in enumerate(options)}
+        pair_of = {(int(k), int(a)): j
+                   for j, (k, a) in enumerate(zip(index.pair_option, index.pair_use, strict=True))}
+        self._define_effort(builder, data, options, position, pair_of, effort, tokens)
+
+        tasks = data.option_task[options]
+        worth = data.volume[tasks] * data.value[tasks] * data.max_success[options]
+        builder.contribute(welfare("value"), self.name, "route",
+                           _scatter(data.option_count, options, worth))
+        builder.contribute(welfare("value"), self.name, "shortfall", -worth)
+
+    @staticmethod
+    def _define_effort(builder, data, options, position, pair_of, effort, tokens) -> None:
+        """Bound each option's effort by its curve: single input, Leontief or Cobb-Douglas."""
+        families = data.family[options]
+        linear = np.isin(families, ["saturating", "leontief"])
+        cobb = families == "cobb_douglas"
+        single = cobb & (data.in_curve[options].sum(axis=1) == 1)
+        linear, cobb = linear | single, cobb & ~single
+
+        bound_rows, bound_pairs = [], []
+        for i in np.flatnonzero(linear):
+            k = int(options[i])
+            for a in np.flatnonzero(data.in_curve[k]):
+                bound_rows.append(i)
+                bound_pairs.append(pair_of[(k, int(a))])
+        if bound_rows:
+            builder.constrain("agent.effort", [effort[np.array(bound_rows)] <= tokens[np.array(bound_pairs)]])
+
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in np.flatnonzero(cobb):
+            support = tuple(int(a) for a in np.flatnonzero(data.in_curve[options[i]]))
+            groups.setdefault(support, []).append(i)
+        for support, members in groups.items():
+            rows = np.array(members)
+            ks = options[rows]
+            inputs = [tokens[np.array([pair_of[(int(k), a)] for k in ks])] for a in support]
+            alpha = np.array([[data.weight[k, a] for k in ks] for a in support])
+            label = "agent.effort." + "-".join(str(a) for a in support)
+            builder.constrain("agent.effort", geometric_mean_constraints(
+                builder, label, inputs, alpha, effort[rows]))
+
+    @staticmethod
+    def _define_fixed_tokens(builder, data, index, route, tokens) -> None:
+        fixed = data.fixed_tokens[index.pair_option, index.pair_use]
+        pairs = np.flatnonzero(np.isfinite(fixed))
+        if not len(pairs):
+            return
+        ratio = fixed[pairs] / data.scale[index.pair_option[pairs], index.pair_use[pairs]]
+        builder.constrain("agent.fixed_tokens", [tokens[pairs] == cp.multiply(
+            builder.parameter("agent.fixed_ratio", ratio, nonneg=True), route[index.pair_option[pairs]])])
+
+    def _define_token_costs(self, builder, data, index) -> None:
+        k, a = index.pair_option, index.pair_use
+        tasks, models = data.option_task[k], data.option_model[k]
+        volume, scale = data.volume[tasks], data.scale[k, a]
+        share_in = data.input_share[a]
+        per_token = share_in * data.price_input[models] + (1 - share_in) * data.price_output[models]
+        spend = volume * scale * per_token
+        builder.contribute(welfare("compute"), self.name, "tokens", -spend)
+        builder.contribute(usage("compute"), self.name, "tokens", spend, unit="USD")
+
+        seconds = share_in * data.seconds_per_input[models] + (1 - share_in) * data.seconds_per_output[models]
+        builder.contribute(usage("latency"), self.name, "tokens", scale * seconds, tasks,
+                           size=len(data.tasks), unit="s")
+        for market, footprint in data.footprint.items():
+            builder.contribute(usage(market), self.name, "tokens", volume * scale * footprint[a])
+
+        if data.pools:
+            pool, size = data.model_pool[models], len(data.pools)
+            builder.contribute(usage("prefill"), self.name, "tokens", volume * scale * share_in,
+                               pool, size=size, unit="tokens")
+            output = volume * scale * (1 - share_in)
+            builder.contribute(usage("decode"), self.name, "tokens", output, pool,
+                               size=size, unit="tokens")
+            # NOTE: KV residency counts the prompt context held while a request
+            # decodes; tokens read or generated during the request are left out.
+            resident = output / data.period * data.context[tasks] * data.seconds_per_output[models]
+            builder.contribute(usage("kv"), self.name, "tokens", resident, pool,
+                               size=size, unit="tokens")
+
+    def _define_risk(self, builder, data, index, route, tokens) -> None:
+        options = index.risk_options
+        count, reviews = len(options), len(data.reviews)
+        exposure = builder.variable("exposure", count)
+        row_of = np.full(data.option_count, -1)
+        row_of[options] = np.arange(count)
+
+        # Exponent u of the wrong-action probability, per exposed option.
+        k, a = index.pair_option, index.pair_use
+        cuts = np.isfinite(data.risk_scale[a]) & (row_of[k] >= 0)
+        weight = np.where(cuts, data.scale[k, a] / np.where(cuts, data.risk_scale[a], 1.0), 0.0)
+        rows = np.where(cuts, row_of[k], 0)
+        exponent = _aggregate(count, rows, builder.parameter("agent.risk_cut", weight, nonneg=True), tokens)
+
+        if reviews:
+            review = builder.variable("review", count * reviews)
+            review_rows = np.repeat(np.arange(count), reviews)
+            exponent = exponent + _aggregate(count, review_rows, np.ones(count * reviews), review)
+            self._define_review_costs(builder, data, options, review)
+        builder.constrain("agent.risk", [cp.constraints.ExpCone(-exponent, route[options], exposure)])
+
+        tasks = data.option_task[options]
+        loss = data.volume[tasks] * data.loss[tasks] * data.wrong_action[options]
+        builder.contribute(usage("risk"), self.name, "exposure", loss, unit="USD")
+
+    def _define_review_costs(self, builder, data, options, review) -> None:
+        reviews = len(data.reviews)
+        tasks = np.repeat(data.option_task[options], reviews)
+        h = np.tile(np.arange(reviews), len(options))
+        minutes = data.volume[tasks] * data.review_risk_scale[h]
+        builder.contribute(welfare("review"), self.name, "review", -minutes * data.review_wage[h])
+        builder.contribute(usage("oversight"), self.name, "review", minutes, unit="minutes")
+        builder.contribute(usage("latency"), self.name, "review", MINUTE * data.review_risk_scale[h],
+                           tasks, size=len(data.tasks), unit="s")
+        for market, footprint in data.review_footprint.items():
+            builder.contribute(usage(market), self.name, "review", minutes * footprint[h])
+
+
+def _scatter(size: int, positions: np.ndarray, values: np.ndarray) -> np.ndarray:
+    result = np.zeros(size)
+    result[positions] = values
+    return result
+
+
+def _aggregate(size: int, rows: np.ndarray, weight, variable: cp.Variable) -> cp.Expression:
+    import scipy.sparse as sp
+
+    matrix = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(size, len(rows)))
+    return matrix @ cp.multiply(weight, variable)

@@ -1,0 +1,114 @@
+"""Capital layer: prefix caches and RL post-training as investments.
+
+Variables
+---------
+``cached[j]``
+    Share of a cacheable option's prompt context served from the pool's prefix
+    cache, per class request (at most ``route * prefix_reuse``).
+``cache_size[c]``, ``cache_miss[c]``
+    Cache size over its size scale, and ``exp(-size / size_scale)``: a cache
+    serves at most ``reusable tokens * (1 - cache_miss)`` per period.
+``training[i]``, ``training_effort``, ``training_miss``, ``capability``
+    Rollout, verifier and update tokens over their scales, the Cobb-Douglas
+    effort, ``exp(-rate * effort)`` and the capability gain share ``1 - miss``.
+"""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+
+from ..data import PER_MILLION, EconomyData
+from ..formulation import Builder, geometric_mean_constraints
+from ..schema import Instance
+from .base import usage, welfare
+
+
+class Capital:
+    name = "capital"
+
+    def declare(self, builder: Builder, data: EconomyData, instance: Instance) -> None:
+        if instance.capital.cache:
+            self._define_cache(builder, data, instance)
+        if instance.capital.training is not None:
+            self._define_training(builder, data, instance)
+
+    def _define_cache(self, builder, data, instance) -> None:
+        caches = [data.pools.index(name) for name in instance.capital.cache]
+        settings = list(instance.capital.cache.values())
+        tasks, models = data.option_task, data.option_model
+        pool = data.model_pool[models]
+        reusable = data.volume[tasks] * data.context[tasks] * data.reuse[tasks]
+        cacheable = np.flatnonzero(np.isin(pool, caches) & (reusable > 0))
+        if not len(cacheable):
+            return
+        row = np.array([caches.index(p) for p in pool[cacheable]])
+        # Reusable prefix tokens per period if every class went to this pool.
+        ceiling = np.zeros(len(caches))
+        for x in range(len(data.tasks)):
+            pools_of_task = set(pool[tasks == x]) & set(caches)
+            for p in pools_of_task:
+                ceiling[caches.index(p)] += data.volume[x] * data.context[x] * data.reuse[x]
+        keep = ceiling > 0
+        ceiling = np.where(keep, ceiling, 1.0)
+
+        cached = builder.variable("cached", len(cacheable))
+        size = builder.variable("cache_size", len(caches))
+        miss = builder.variable("cache_miss", len(caches))
+        route = builder.variables["route"]
+        reuse = builder.parameter("cache.reuse", data.reuse[tasks[cacheable]], nonneg=True)
+        limit = np.array([s.max_size / s.size_scale for s in settings])
+        served = np.zeros((len(caches), len(cacheable)))
+        served[row, np.arange(len(cacheable))] = reusable[cacheable] / data.reuse[tasks[cacheable]]
+        served /= ceiling[:, None]
+        builder.constrain("cache.reuse", [cached <= cp.multiply(reuse, route[cacheable])])
+        builder.constrain("cache.size", [size <= builder.parameter("cache.limit", limit, nonneg=True)])
+        builder.constrain("cache.hits", [
+            builder.parameter("cache.served", served, nonneg=True) @ cached <= 1 - miss,
+            cp.constraints.ExpCone(-size, np.ones(len(caches)), miss),
+        ])
+
+        k = cacheable
+        context_tokens = data.volume[tasks[k]] * data.context[tasks[k]]
+        saving = context_tokens * (data.price_input[models[k]] - data.price_cached[models[k]])
+        builder.contribute(welfare("compute"), self.name, "cached", saving)
+        builder.contribute(usage("compute"), self.name, "cached", -saving, unit="USD")
+        builder.contribute(usage("prefill"), self.name, "cached", -context_tokens, pool[k],
+                           size=len(data.pools), unit="tokens")
+        cost = np.array([s.cost * s.size_scale for s in settings])
+        builder.contribute(welfare("cache"), self.name, "cache_size", -cost)
+        self.cache_index = (cacheable, caches, np.array([s.size_scale for s in settings]))
+
+    def _define_training(self, builder, data, instance) -> None:
+        training = instance.capital.training
+        inputs = list(training.weights)
+        scales = np.array([training.scales[i] for i in inputs])
+        weights = np.array([training.weights[i] for i in inputs])
+        weights = weights / weights.sum()
+
+        amount = builder.variable("training", len(inputs))
+        effort = builder.variable("training_effort", 1)
+        miss = builder.variable("training_miss", 1)
+        capability = builder.variable("capability", 1)
+        if len(inputs) == 1:
+            builder.constrain("training.effort", [effort <= amount])
+        else:
+            builder.constrain("training.effort", geometric_mean_constraints(
+                builder, "training.effort", [amount[i:i + 1] for i in range(len(inputs))],
+                weights[:, None], effort))
+        rate = builder.parameter("training.rate", training.rate, nonneg=True)
+        builder.constrain("training.gain", [
+            cp.constraints.ExpCone(-cp.multiply(rate, effort), np.ones(1), miss),
+            capability + miss <= 1,
+        ])
+
+        builder.contribute(welfare("capability"), self.name, "capability",
+                           training.value * training.max_gain)
+        spend = scales * training.price * PER_MILLION
+        builder.contribute(welfare("compute"), self.name, "training", -spend)
+        builder.contribute(usage("compute"), self.name, "training", spend, unit="USD")
+        pool = data.pools.index(training.pool)
+        gpus = scales / (training.tokens_per_gpu_second * data.period)
+        builder.contribute(usage("gpu"), self.name, "training", gpus, np.full(len(inputs), pool),
+                           size=len(data.pools), unit="GPUs")
+        self.training_inputs = (inputs, scales)

@@ -1,0 +1,213 @@
+"""Load, override and validate instance files.
+
+Every problem is reported as an :class:`~tokenomy.model.errors.InstanceError`
+naming the file, the dotted field path, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .errors import MISSING, FieldProblem, InstanceError
+from .schema import Instance
+from .validation import cross_check
+
+logger = logging.getLogger(__name__)
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Largest instance file read (bytes); larger files are rejected with a message."""
+
+CURVE_TAGS = {"constant", "saturating", "cobb_douglas", "leontief"}
+
+
+def read_document(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON instance file into plain Python data.
+
+    YAML is parsed with ``yaml.safe_load``, so no object tags are executed.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise InstanceError(
+            source, [FieldProblem("(file)", MISSING, f"cannot be read ({error.strerror})",
+                                  "check the path")]
+        ) from None
+    if size > MAX_FILE_BYTES:
+        raise InstanceError(source, [FieldProblem(
+            "(file)", f"{size} bytes", f"is larger than the limit of {MAX_FILE_BYTES} bytes",
+            "split per-request data into a referenced table or raise MAX_FILE_BYTES")])
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InstanceError(source, [FieldProblem(
+            "(file)", f"byte {error.start}", "is not valid UTF-8", "save the file as UTF-8")]) from None
+    return parse_document(text, source, json_syntax=path.suffix.lower() == ".json")
+
+
+def parse_document(text: str, source: str, *, json_syntax: bool = False) -> dict[str, Any]:
+    """Parse instance text (YAML, or JSON when ``json_syntax``) into a mapping."""
+    try:
+        data = json.loads(text) if json_syntax else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError, RecursionError, ValueError) as error:
+        detail = " ".join(str(error).split())[:300]
+        raise InstanceError(source, [FieldProblem(
+            "(file)", MISSING, f"is not valid {'JSON' if json_syntax else 'YAML'} ({detail})",
+            "correct the syntax at the position shown")]) from None
+    if not isinstance(data, dict):
+        raise InstanceError(source, [FieldProblem(
+            "(top level)", type(data).__name__, "must be a mapping of sections",
+            "start the file with 'schema_version: 1' followed by tasks, models and uses")])
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``PATH=VALUE`` into the path and the YAML-parsed value."""
+    path, separator, raw = text.partition("=")
+    path = path.strip()
+    if not separator or not path:
+        raise InstanceError("--set", [FieldProblem(
+            "(override)", text, "is not of the form PATH=VALUE",
+            "write e.g. --set tasks.fix-failing-test.value=25")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(
+    data: Mapping[str, Any], overrides: Iterable[tuple[str, Any]], source: str
+) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``(dotted path, value)`` set.
+
+    The parent of every path must exist; the leaf may be new, so an override
+    can add an optional field. A value of ``None`` removes the field.
+    """
+    result = copy.deepcopy(dict(data))
+    for path, value in overrides:
+        parts = path.split(".")
+        node: Any = result
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                known = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a mapping)"
+                parent = ".".join(parts[:depth]) or "(top level)"
+                raise InstanceError(source, [FieldProblem(
+                    path, value, f"cannot be set because '{part}' is not a field of {parent}",
+                    f"use one of: {known}")])
+            node = node[part]
+        if not isinstance(node, dict):
+            raise InstanceError(source, [FieldProblem(
+                path, value, f"cannot be set because {'.'.join(parts[:-1])} is not a mapping",
+                "set a field of a section or of a named entry")])
+        if value is None:
+            node.pop(parts[-1], None)
+        else:
+            node[parts[-1]] = value
+        logger.info("override %s = %r", path, value)
+    return result
+
+
+def validate(data: Mapping[str, Any], source: str = "<instance>") -> Instance:
+    """Validate plain data against the schema and the cross-references."""
+    try:
+        instance = Instance.model_validate(data)
+    except ValidationError as error:
+        raise InstanceError(source, [_problem(item, data) for item in error.errors()]) from None
+    except RecursionError:
+        raise InstanceError(source, [FieldProblem(
+            "(top level)", MISSING, "is nested too deeply", "flatten the document")]) from None
+    problems = cross_check(instance)
+    if problems:
+        raise InstanceError(source, problems)
+    return instance
+
+
+def load_instance(
+    source: str | Path | Mapping[str, Any],
+    overrides: Iterable[str | tuple[str, Any]] = (),
+) -> Instance:
+    """Load an instance from a file path or a mapping, apply overrides and validate.
+
+    Parameters
+    ----------
+    source:
+        Path of a ``.yaml``/``.yml``/``.json`` file, or the already parsed mapping.
+    overrides:
+        ``"PATH=VALUE"`` strings or ``(path, value)`` pairs, applied in order.
+
+    Raises
+    ------
+    InstanceError
+        When the file cannot be read or parsed, or any field is invalid.
+    """
+    if isinstance(source, Mapping):
+        name, data = "<instance>", dict(source)
+    else:
+        name, data = str(source), read_document(source)
+    pairs = [parse_override(item) if isinstance(item, str) else item for item in overrides]
+    if pairs:
+        data = apply_overrides(data, pairs, name)
+    instance = validate(data, name)
+    instance.metadata.setdefault("source", name)
+    return instance
+
+
+def _problem(error: Mapping[str, Any], data: Mapping[str, Any]) -> FieldProblem:
+    location = [str(part) for part in error["loc"]]
+    location = [
+        part for index, part in enumerate(location)
+        if not (part in CURVE_TAGS and index >= 1 and _is_quality_entry(location[:index]))
+    ]
+    path = ".".join(location) or "(top level)"
+    kind = error["type"]
+    value = error.get("input", MISSING)
+    message = error["msg"][0].lower() + error["msg"][1:]
+    if kind == "missing":
+        return FieldProblem(path, MISSING, "is required but missing", "add this field")
+    if kind == "extra_forbidden":
+        return FieldProblem(path, value, "is not a known field",
+                            "remove it or correct its spelling (see `tokenomy schema`)")
+    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
+        return FieldProblem(path, _lookup(data, location),
+                            "has an unknown or missing curve type",
+                            "set 'curve' to one of: " + ", ".join(sorted(CURVE_TAGS)))
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return FieldProblem(path, value, "is not an allowed value", f"use one of {expected}")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return FieldProblem(path, value, message, "give a value of the type named")
+    if kind == "finite_number":
+        return FieldProblem(path, value, "must be a finite number", "give a finite number")
+    if kind == "string_pattern_mismatch":
+        return FieldProblem(path, value, "is not a valid name",
+                            "use letters, digits, '-' and '_' only (no dots or spaces)")
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        return FieldProblem(path, value, message, "give a value in the allowed range")
+    if kind == "value_error":
+        return FieldProblem(path, _lookup(data, location), message.removeprefix("value error, "),
+                            "change the entry as described")
+    return FieldProblem(path, value, message, "correct the value")
+
+
+def _is_quality_entry(location: list[str]) -> bool:
+    return len(location) >= 4 and location[-4] == "models" and location[-2] == "quality"
+
+
+def _lookup(data: Any, location: list[str]) -> object:
+    node = data
+    for part in location:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return MISSING
+    return node

@@ -1,0 +1,261 @@
+"""Instance file schema (pydantic models).
+
+An instance describes one period of an agentic AI system. Units are fixed:
+tokens, USD, seconds, and quantities per period (the period length is
+``period_seconds``). List prices are in USD per million tokens, the way
+providers publish them. Named collections are mappings keyed by name, so every
+field has a dotted path such as ``tasks.fix-failing-test.value``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+
+# --- Quality curves -------------------------------------------------------
+
+
+class ConstantCurve(Strict):
+    """Fixed success probability and fixed tokens per request (no token choice)."""
+
+    curve: Literal["constant"]
+    success: Probability = Field(description="Success probability per request.")
+    tokens: dict[Name, NonNegative] = Field(
+        default_factory=dict, description="Tokens per request by agent use (tokens)."
+    )
+    wrong_action: Probability = Field(
+        0.0, description="Probability of a wrong irreversible action per request."
+    )
+
+
+class SaturatingCurve(Strict):
+    """Single-input saturating curve ``p = max_success * (1 - exp(-rate * tokens / scale))``."""
+
+    curve: Literal["saturating"]
+    max_success: Probability
+    rate: Positive = Field(description="Rate kappa of the saturating curve (dimensionless).")
+    use: Name = Field(description="The agent use whose tokens drive success.")
+    scale: Positive = Field(description="Token scale s (tokens per request).")
+    wrong_action: Probability = 0.0
+
+
+class CobbDouglasCurve(Strict):
+    """Saturating Cobb-Douglas curve over several uses.
+
+    ``p = max_success * (1 - exp(-rate * prod_a (tokens_a / scale_a) ** weight_a))`` with
+    weights summing to one, so the geometric mean is homogeneous of degree one.
+    """
+
+    curve: Literal["cobb_douglas"]
+    max_success: Probability
+    rate: Positive
+    weights: dict[Name, Positive] = Field(description="Weight per use; normalised to sum to 1.")
+    scales: dict[Name, Positive] = Field(description="Token scale per use (tokens per request).")
+    wrong_action: Probability = 0.0
+
+
+class LeontiefCurve(Strict):
+    """Saturating Leontief curve ``p = max_success * (1 - exp(-rate * min_a tokens_a / scale_a))``."""
+
+    curve: Literal["leontief"]
+    max_success: Probability
+    rate: Positive
+    scales: dict[Name, Positive] = Field(description="Tokens per request of each use per unit of effort.")
+    wrong_action: Probability = 0.0
+
+
+QualityCurve = Annotated[
+    ConstantCurve | SaturatingCurve | CobbDouglasCurve | LeontiefCurve,
+    Field(discriminator="curve"),
+]
+
+
+# --- Sections --------------------------------------------------------------
+
+
+class DeferOption(Strict):
+    """Send the request back to a human: no tokens, no model risk."""
+
+    enabled: bool = True
+    success: Probability = Field(0.0, description="Success probability of the human path.")
+    cost: NonNegative = Field(0.0, description="Human cost per deferred request (USD).")
+    latency: NonNegative = Field(0.0, description="Latency of a deferred request (seconds).")
+
+
+class Task(Strict):
+    """A class of requests (or a single request when ``volume`` is 1)."""
+
+    volume: Positive = Field(description="Requests per period.")
+    value: NonNegative = Field(description="Value of one successful request (USD).")
+    context_tokens: NonNegative = Field(0.0, description="Prompt context per request (tokens).")
+    loss: NonNegative = Field(0.0, description="Loss on a wrong irreversible action (USD).")
+    latency_sla: Positive | None = Field(
+        None, description="Mean service latency limit for this class (seconds)."
+    )
+    prefix_reuse: Probability = Field(
+        0.0, description="Share of context tokens in prefixes a cache can reuse."
+    )
+    group: Name | None = Field(None, description="Task group used to look up model quality.")
+    tenant: Name | None = Field(None, description="Owner of the task (informational).")
+    defer: DeferOption | None = Field(None, description="Overrides the top-level defer option.")
+
+
+class ModelPrices(Strict):
+    input: NonNegative = Field(description="USD per million input tokens.")
+    output: NonNegative = Field(description="USD per million output tokens.")
+    cached_input: NonNegative | None = Field(
+        None, description="USD per million cached input tokens (defaults to input)."
+    )
+
+
+class Model(Strict):
+    """A model tier that can serve requests."""
+
+    prices: ModelPrices
+    pool: Name | None = Field(None, description="Serving pool that runs this model.")
+    output_tokens_per_second: Positive = Field(
+        50.0, description="Decode speed seen by one request (tokens per second)."
+    )
+    prefill_tokens_per_second: Positive = Field(
+        5000.0, description="Prefill speed seen by one request (tokens per second)."
+    )
+    quality: dict[Name, QualityCurve] = Field(
+        description="Quality curve per task name, task group or 'default'."
+    )
+
+
+class Use(Strict):
+    """An agent token use (read, plan, edit, verify) or human review."""
+
+    kind: Literal["tokens", "review"] = Field(
+        "tokens", description="'tokens' for model tokens, 'review' for human minutes."
+    )
+    input_share: Probability = Field(
+        0.5, description="Share of this use's tokens billed and served as input tokens."
+    )
+    action: Literal["reversible", "irreversible"] = "reversible"
+    risk_scale: Positive | None = Field(
+        None,
+        description="Tokens (or review minutes) per request that cut the wrong-action "
+        "probability by a factor e; empty when the use does not reduce risk.",
+    )
+    wage: NonNegative = Field(0.0, description="Review only: USD per review minute.")
+    footprint: dict[Name, NonNegative] = Field(
+        default_factory=dict,
+        description="Usage of 'resource' markets per token or review minute, keyed by market name.",
+    )
+
+
+class DelayCurve(Strict):
+    """Queueing delay of a pool phase: waiting ``scale * load / (capacity - load)`` seconds per token."""
+
+    curve: Literal["mm1"] = "mm1"
+    scale: Positive = Field(description="Delay scale d (seconds).")
+    value_of_time: NonNegative = Field(
+        description="Cost of one request-second of waiting (USD)."
+    )
+
+
+class Pool(Strict):
+    """A serving pool of GPUs split between prefill and decode."""
+
+    gpus: NonNegative | None = Field(None, description="GPUs in the pool.")
+    prefill_tokens_per_gpu_second: Positive
+    decode_tokens_per_gpu_second: Positive
+    kv_tokens_per_gpu: Positive | None = Field(
+        None, description="KV-cache capacity per decode GPU (tokens); empty for no KV limit."
+    )
+    delay: DelayCurve | None = None
+
+
+class Cache(Strict):
+    """A prefix cache in front of one pool."""
+
+    cost: NonNegative = Field(description="USD per GB of cache per period.")
+    max_size: Positive = Field(description="Largest cache that may be bought (GB).")
+    size_scale: Positive = Field(
+        description="Cache size at which 63% of reusable prefix tokens hit (GB)."
+    )
+
+
+class Training(Strict):
+    """An RL post-training investment: rollout, verifier and update tokens."""
+
+    pool: Name = Field(description="Pool whose GPUs run training.")
+    value: NonNegative = Field(description="USD per unit of capability gain per period.")
+    max_gain: Positive = Field(1.0, description="Capability gain of unlimited training.")
+    rate: Positive = 1.0
+    weights: dict[Literal["rollout", "verifier", "update"], Positive] = Field(
+        default_factory=lambda: {"rollout": 0.5, "verifier": 0.25, "update": 0.25}
+    )
+    scales: dict[Literal["rollout", "verifier", "update"], Positive] = Field(
+        description="Token scale of each training input (tokens per period)."
+    )
+    price: NonNegative = Field(description="USD per million training tokens.")
+    tokens_per_gpu_second: Positive
+
+
+class Capital(Strict):
+    cache: dict[Name, Cache] = Field(default_factory=dict, description="Caches keyed by pool.")
+    training: Training | None = None
+
+
+MarketKind = Literal["compute", "latency", "risk", "oversight", "gpu", "resource"]
+
+
+class Market(Strict):
+    """A shared constraint: either budgeted (its dual is the price) or priced."""
+
+    kind: MarketKind
+    budget: NonNegative | None = Field(
+        None, description="Right-hand side in the market's unit per period."
+    )
+    price: NonNegative | None = Field(None, description="Exogenous price in USD per unit.")
+    unit: str | None = Field(
+        None, max_length=40, description="Unit of a resource market's usage, e.g. 'kWh'."
+    )
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> Market:
+        if self.kind == "gpu":
+            if self.budget is not None:
+                raise ValueError(
+                    "a gpu market takes its capacities from pools.<pool>.gpus; "
+                    "give 'price' to rent GPUs or leave both fields out"
+                )
+            return self
+        if self.kind == "latency" and self.budget is None and self.price is None:
+            return self
+        if (self.budget is None) == (self.price is None):
+            raise ValueError("give exactly one of 'budget' (a constraint) or 'price' (exogenous)")
+        return self
+
+
+class Instance(Strict):
+    """A tokenomy instance: one period of a four-layer agentic AI system."""
+
+    schema_version: Literal[1] = Field(description="Version of this schema; currently 1.")
+    name: str | None = None
+    description: str | None = None
+    metadata: dict[str, object] = Field(default_factory=dict)
+    period_seconds: Positive = Field(3600.0, description="Length of one period (seconds).")
+    defer: DeferOption = Field(default_factory=lambda: DeferOption(enabled=False))
+    tasks: dict[Name, Task]
+    models: dict[Name, Model]
+    uses: dict[Name, Use]
+    pools: dict[Name, Pool] = Field(default_factory=dict)
+    capital: Capital = Field(default_factory=Capital)
+    markets: dict[Name, Market] = Field(default_factory=dict)

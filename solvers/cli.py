@@ -1,0 +1,243 @@
+"""The ``tokenomy`` command line: validate, solve, sweep, generate, schema.
+
+Only this module prints; the library logs through :mod:`logging`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..model.economy import Economy
+from ..model.errors import InfeasibleError, InstanceError, TokenomyError
+from ..model.generate import generate_instance
+from ..model.loader import apply_overrides, load_instance, parse_override, read_document
+from ..model.schema import Instance
+from .joint import FALLBACK_ORDER, solve
+from .report import build_report, to_json, write_atomic, write_outputs
+from .result import SolutionStatus, TerminationReason
+from .sweep import parse_vary, sweep
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True,
+    help="Allocate tokens across router, agent, serving and capital layers; read the prices.",
+)
+console = Console(width=max(Console().width, 120))
+errors = Console(stderr=True)
+
+EXIT_INVALID = 2
+EXIT_NO_SOLUTION = 3
+
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a field by its dotted path, e.g. tasks.fix.value=25 (repeatable).")]
+SolverOption = Annotated[list[str] | None, typer.Option(
+    "--solver", help=f"Solver to try, in order (repeatable); default {' then '.join(FALLBACK_ORDER)}.")]
+VerboseOption = Annotated[int, typer.Option("--verbose", "-v", count=True,
+                                            help="Log progress (-v) or details (-vv) on stderr.")]
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _fail(error: TokenomyError) -> typer.Exit:
+    errors.print(str(error), markup=False, highlight=False)
+    return typer.Exit(EXIT_INVALID if isinstance(error, InstanceError) else EXIT_NO_SOLUTION)
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="Instance file (.yaml, .yml or .json).")],
+    set_: SetOption = None,
+) -> None:
+    """Check an instance file and print a one-line summary."""
+    try:
+        instance = load_instance(file, set_ or [])
+    except TokenomyError as error:
+        raise _fail(error) from None
+    console.print(f"{file}: valid ({len(instance.tasks)} tasks, {len(instance.models)} models, "
+                  f"{len(instance.pools)} pools, {len(instance.markets)} markets)")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of instance files."""
+    print(json.dumps(Instance.model_json_schema(), indent=2))
+
+
+@app.command("solve")
+def solve_command(
+    file: Annotated[Path, typer.Argument(help="Instance file (.yaml, .yml or .json).")],
+    set_: SetOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the full JSON report on stdout.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Directory for report.json and CSV tables.")] = None,
+    solver: SolverOption = None,
+    time_limit: Annotated[float | None, typer.Option(help="Seconds allowed to each solver.")] = None,
+    verbose: VerboseOption = 0,
+) -> None:
+    """Solve the joint program and print welfare, allocation and prices."""
+    _configure_logging(verbose)
+    try:
+        instance = load_instance(file, set_ or [])
+        economy = Economy(instance)
+        result = solve(economy, solver, time_limit)
+    except TokenomyError as error:
+        raise _fail(error) from None
+    report = build_report(economy, result)
+    if out is not None:
+        write_outputs(report, out)
+    if json_output:
+        print(to_json(report))
+    else:
+        _print_summary(report)
+        if out is not None:
+            console.print(f"wrote {out}/report.json and CSV tables")
+    if result.status is SolutionStatus.NO_SOLUTION:
+        _explain_failure(economy, result.termination)
+        raise typer.Exit(EXIT_NO_SOLUTION)
+
+
+@app.command("sweep")
+def sweep_command(
+    file: Annotated[Path, typer.Argument(help="Instance file.")],
+    vary: Annotated[str, typer.Option(help="PATH=START:STOP:STEPS, e.g. tasks.request.value=5:40:8.")],
+    set_: SetOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the points as JSON.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the points to this JSON file.")] = None,
+    solver: SolverOption = None,
+    verbose: VerboseOption = 0,
+) -> None:
+    """Solve a one-parameter family, re-using the compiled program."""
+    _configure_logging(verbose)
+    try:
+        data = read_document(file)
+        path, values = parse_vary(vary)
+        overrides = [parse_override(item) for item in set_ or []]
+        data = apply_overrides(data, overrides, str(file))
+        points = sweep(data, str(file), path, values, solver)
+    except TokenomyError as error:
+        raise _fail(error) from None
+    records = [point.__dict__ for point in points]
+    if out is not None:
+        write_atomic(out, json.dumps(records, indent=2))
+    if json_output:
+        print(json.dumps(records, indent=2))
+        return
+    table = Table(title=f"sweep of {path}")
+    table.add_column(path, justify="right")
+    table.add_column("status")
+    table.add_column("welfare (USD/period)", justify="right")
+    table.add_column("main route")
+    table.add_column("binding prices")
+    for point in points:
+        main = max(point.routing.items(), key=lambda item: item[1])[0] if point.routing else "-"
+        binding = ", ".join(f"{row}={value:.4g}" for row, value in point.prices.items()
+                            if value and not row.startswith(("routing", "prefill", "decode")))
+        table.add_row(f"{point.value:g}", point.status,
+                      "-" if point.welfare is None else f"{point.welfare:,.4f}", main, binding or "-")
+    console.print(table)
+
+
+@app.command()
+def generate(
+    tasks: Annotated[int, typer.Option(help="Number of task classes.")] = 100,
+    models: Annotated[int, typer.Option(help="Number of model tiers.")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write the instance here instead of stdout.")] = None,
+) -> None:
+    """Write a synthetic instance (YAML) of the given size."""
+    try:
+        data = generate_instance(tasks, models, seed)
+    except ValueError as error:
+        errors.print(f"invalid size: {error}", markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    text = yaml.safe_dump(data, sort_keys=False)
+    if out is None:
+        print(text, end="")
+    else:
+        write_atomic(out, text)
+        console.print(f"wrote {out}")
+
+
+def _explain_failure(economy: Economy, termination: TerminationReason) -> None:
+    if termination is TerminationReason.INFEASIBLE:
+        budgets = [f"{spec.name} ({spec.mode})" for spec in economy.markets
+                   if spec.mode == "budget"]
+        message = InfeasibleError(
+            "infeasible: no allocation meets every budget and capacity at once; "
+            "the budgeted markets are " + (", ".join(budgets) or "none") +
+            ". Relax one with --set (e.g. a larger budget or SLA) or enable defer.")
+        errors.print(str(message), markup=False)
+    elif termination is TerminationReason.UNBOUNDED:
+        errors.print("unbounded: welfare grows without limit; check for a zero-cost token "
+                     "use with unbounded value or a negative price", markup=False)
+    else:
+        errors.print(f"no solution: the solver stopped with {termination.value}; "
+                     "try --solver with another solver or a larger --time-limit", markup=False)
+
+
+def _print_summary(report: dict) -> None:
+    welfare = report["welfare"]
+    console.print(f"[bold]{escape(report['instance'] or 'instance')}[/bold]: {report['status']} "
+                  f"({report['termination']}, {report['solver']})")
+    if welfare is None:
+        return
+    console.print(f"welfare: {welfare:,.4f} USD per period")
+
+    routing = Table(title="routing")
+    for column in ("task", "model", "share", "requests/period"):
+        routing.add_column(column, justify="right" if column != "task" else "left")
+    for row in report["routing"]:
+        if row["share"] > 1e-6:
+            routing.add_row(row["task"], row["model"], f"{row['share']:.3f}", f"{row['requests']:,.1f}")
+    console.print(routing)
+
+    if report["tokens"]:
+        tokens = Table(title="tokens per routed request")
+        for column in ("task", "model", "use", "amount"):
+            tokens.add_column(column)
+        for row in report["tokens"]:
+            tokens.add_row(row["task"], row["model"], row["use"],
+                           f"{row['per_request']:,.1f} {row['unit']}")
+        console.print(tokens)
+
+    if report["pools"]:
+        pools = Table(title="serving pools")
+        for column in ("pool", "GPUs prefill", "GPUs decode", "prefill util.", "decode util."):
+            pools.add_column(column, justify="right")
+        for row in report["pools"]:
+            pools.add_row(row["pool"], f"{row['gpus_prefill']:.2f}", f"{row['gpus_decode']:.2f}",
+                          f"{row['prefill_utilization']:.1%}", f"{row['decode_utilization']:.1%}")
+        console.print(pools)
+
+    prices = Table(title="prices (d welfare / d right-hand side)")
+    for column in ("market", "mode", "price", "unit", "binding", "right-hand side"):
+        prices.add_column(column)
+    for row in report["prices"]:
+        price = "not certified" if row["price"] is None else f"{row['price']:.6g}"
+        binding = "" if row["binding"] is None else ("yes" if row["binding"] else "no")
+        prices.add_row(escape(row["market"]), row["mode"], price, row["unit"], binding,
+                       escape(row["rhs_path"] or ""))
+    console.print(prices)
+    normalized = report["normalized_prices"]
+    if "risk" in normalized:
+        console.print(f"normalized risk price rho: {normalized['risk']:.6g} {normalized['risk_unit']}")
+
+
+def main() -> None:
+    """Entry point of the ``tokenomy`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

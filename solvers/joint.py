@@ -1,0 +1,176 @@
+"""Solve the joint conic program and read certified prices from its duals."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from importlib import metadata
+
+import cvxpy as cp
+import numpy as np
+
+from ..model.economy import Economy
+from ..model.errors import SolveError
+from .result import Price, Result, SolutionStatus, TerminationReason, Timings
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_ORDER: tuple[str, ...] = ("CLARABEL", "ECOS", "SCS")
+"""Solvers tried in turn until one returns a certified optimum."""
+
+SOLVER_SETTINGS: dict[str, dict] = {
+    "CLARABEL": {"tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9, "tol_feas": 1e-9},
+    "ECOS": {"abstol": 1e-9, "reltol": 1e-9, "feastol": 1e-9, "max_iters": 500},
+    "SCS": {"eps_abs": 1e-7, "eps_rel": 1e-7, "max_iters": 200_000},
+}
+"""Accuracy settings per solver; tight, because prices are differences of optima."""
+
+TIME_LIMIT_OPTION = {"CLARABEL": "time_limit", "SCS": "time_limit_secs"}
+
+BINDING_TOLERANCE = 1e-6
+"""Relative slack below which a constraint counts as binding."""
+
+# One table from CVXPY status to (termination reason, solution status).
+STATUS_TABLE: dict[str, tuple[TerminationReason, SolutionStatus]] = {
+    cp.OPTIMAL: (TerminationReason.OPTIMAL, SolutionStatus.OPTIMAL),
+    cp.OPTIMAL_INACCURATE: (TerminationReason.NUMERICAL_ERROR, SolutionStatus.FEASIBLE),
+    cp.INFEASIBLE: (TerminationReason.INFEASIBLE, SolutionStatus.NO_SOLUTION),
+    cp.INFEASIBLE_INACCURATE: (TerminationReason.INFEASIBLE, SolutionStatus.NO_SOLUTION),
+    cp.UNBOUNDED: (TerminationReason.UNBOUNDED, SolutionStatus.NO_SOLUTION),
+    cp.UNBOUNDED_INACCURATE: (TerminationReason.UNBOUNDED, SolutionStatus.NO_SOLUTION),
+    cp.USER_LIMIT: (TerminationReason.LIMIT, SolutionStatus.FEASIBLE),
+    cp.SOLVER_ERROR: (TerminationReason.ERROR, SolutionStatus.NO_SOLUTION),
+}
+
+
+def solve(
+    economy: Economy,
+    solvers: Sequence[str] | None = None,
+    time_limit: float | None = None,
+) -> Result:
+    """Solve the joint program, falling back through ``solvers`` until one certifies.
+
+    Parameters
+    ----------
+    economy:
+        The compiled program.
+    solvers:
+        CVXPY solver names in the order to try; default :data:`FALLBACK_ORDER`.
+    time_limit:
+        Seconds allowed to each solver that supports a limit.
+
+    Returns
+    -------
+    Result
+        With prices when the status is ``optimal``; otherwise prices carry
+        ``None`` and a reason.
+    """
+    order = [name.upper() for name in (solvers or FALLBACK_ORDER)]
+    installed = set(cp.installed_solvers())
+    attempts: list[dict] = []
+    timings = Timings()
+    best: tuple[str, TerminationReason, SolutionStatus] | None = None
+
+    for name in order:
+        if name not in installed:
+            attempts.append({"solver": name, "status": "not installed"})
+            logger.warning("solver %s is not installed; trying the next one", name)
+            continue
+        options = dict(SOLVER_SETTINGS.get(name, {}))
+        if time_limit is not None and name in TIME_LIMIT_OPTION:
+            options[TIME_LIMIT_OPTION[name]] = float(time_limit)
+        started = time.perf_counter()
+        try:
+            economy.problem.solve(solver=name, **options)
+            raw = economy.problem.status
+        except cp.SolverError as error:
+            raw = cp.SOLVER_ERROR
+            logger.warning("solver %s failed: %s", name, error)
+        elapsed = time.perf_counter() - started
+        stats = economy.problem.solver_stats
+        solve_time = (stats.solve_time if stats is not None and stats.solve_time else None)
+        compile_time = economy.problem.compilation_time or 0.0
+        timings.compile += compile_time
+        timings.solve += solve_time if solve_time is not None else max(elapsed - compile_time, 0.0)
+        termination, status = STATUS_TABLE.get(
+            raw, (TerminationReason.UNKNOWN, SolutionStatus.NO_SOLUTION))
+        if raw not in STATUS_TABLE:
+            logger.warning("solver %s returned unknown status %r", name, raw)
+        attempts.append({"solver": name, "status": raw, "seconds": round(elapsed, 4)})
+        best = (name, termination, status)
+        if status is SolutionStatus.OPTIMAL:
+            break
+        if termination in (TerminationReason.INFEASIBLE, TerminationReason.UNBOUNDED):
+            break  # a proof from one solver is not overturned by the next
+        logger.warning("solver %s returned %s; trying the next solver", name, raw)
+
+    if best is None:
+        raise SolveError("no solver could be run; installed: " + ", ".join(sorted(installed)))
+    name, termination, status = best
+    return _result(economy, name, termination, status, attempts, timings)
+
+
+def _result(economy, name, termination, status, attempts, timings) -> Result:
+    label = f"{name} {_version(name)}".strip()
+    if status is SolutionStatus.NO_SOLUTION:
+        return Result(termination, status, None, None, label, timings=timings, attempts=attempts,
+                      message=f"{name} reported {attempts[-1]['status']}")
+    scale = economy.welfare_scale
+    welfare = float(economy.problem.value) * scale
+    parts = {
+        quantity.removeprefix("welfare."): float(economy.builder.evaluate(quantity)[0])
+        for quantity in sorted(economy.builder.quantities) if quantity.startswith("welfare.")
+    }
+    reason = None if status is SolutionStatus.OPTIMAL else (
+        f"{name} returned an uncertified solution ({attempts[-1]['status']}); "
+        "tighten the solver tolerances or try another solver with --solver")
+    prices = read_prices(economy, certified=reason is None, reason=reason)
+    bound = welfare if status is SolutionStatus.OPTIMAL else None
+    return Result(termination, status, welfare, bound, label, prices=prices,
+                  welfare_parts=parts, timings=timings, attempts=attempts)
+
+
+def read_prices(economy: Economy, certified: bool = True, reason: str | None = None) -> list[Price]:
+    """Return one :class:`Price` per market row, converting duals to USD per unit.
+
+    A constraint row's price is its dual times the welfare scale over the row
+    scale, times the market's report factor; exogenous prices are copied.
+    """
+    prices = []
+    for spec in economy.markets:
+        usage_all = economy.builder.evaluate(spec.quantity) if spec.quantity in economy.builder.quantities \
+            else np.zeros(int(spec.rows.max(initial=-1)) + 1)
+        usage_rows = usage_all[spec.rows]
+        if spec.mode == "price":
+            for i, label in enumerate(spec.labels):
+                prices.append(Price(spec.name, label, spec.kind, spec.mode, float(spec.price[i]),
+                                    spec.price_unit, None, None, float(usage_rows[i]), None, None))
+            continue
+        constraint = economy.market_constraints[spec.name]
+        dual = constraint.dual_value
+        if certified and dual is None:
+            certified, reason = False, "the solver returned no dual values"
+        dual = np.zeros(len(spec.rows)) if dual is None else np.atleast_1d(dual)
+        values = dual * economy.welfare_scale / spec.scale * spec.report_factor
+        slack = spec.rhs - usage_rows
+        for i, label in enumerate(spec.labels):
+            binding = spec.mode == "equality" or abs(slack[i]) <= BINDING_TOLERANCE * max(1.0, spec.scale[i])
+            prices.append(Price(
+                spec.name, label, spec.kind, spec.mode,
+                float(values[i]) if certified else None, spec.price_unit,
+                bool(binding), float(slack[i]), float(usage_rows[i]),
+                float(spec.rhs[i]) if spec.rhs_paths[i] else None, spec.rhs_paths[i],
+                None if certified else reason,
+            ))
+    return prices
+
+
+def _version(name: str) -> str:
+    package = {"CLARABEL": "clarabel", "ECOS": "ecos", "SCS": "scs", "HIGHS": "highspy"}.get(name)
+    if package is None:
+        return ""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
