@@ -29,7 +29,8 @@ from ..model.layers.agent import MINUTE
 from .result import Result
 
 USED = 1e-6
-"""Share (or scaled tokens) below which an option counts as not in use."""
+"""Share of requests, or tokens per request over the use's token scale, below
+which an option counts as not in use."""
 
 
 @dataclass
@@ -188,7 +189,9 @@ def _token_rows(economy: Economy, prices: PriceVector) -> list[dict]:
         benefit = gain[k] * marginal_effort[k, a] if data.in_curve[k, a] else 0.0
         if exposed[k] and np.isfinite(data.risk_scale[a]):
             benefit += exposure_value[k] / data.risk_scale[a]
-        rows.append(_row("token", data, k, data.uses[a], tau[k, a], benefit, cost[k, a]))
+        row = _row("token", data, k, data.uses[a], tau[k, a], benefit, cost[k, a])
+        row["used"] = bool(tau[k, a] > USED * data.scale[k, a])
+        rows.append(row)
     for k in np.flatnonzero((data.family == "leontief") & (route > USED)):
         bundle = np.flatnonzero(data.in_curve[k])
         benefit = gain[k] + sum(
