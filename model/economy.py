@@ -90,6 +90,8 @@ class Economy:
             spec.name: self._market_constraint(builder, spec, offsets.get(spec.name, 0.0))
             for spec in markets if spec.is_constraint
         }
+        if reuse is not None:
+            _check_same_structure(builder, reuse)
         if reuse is None:
             constraints = list(builder.constraints) + list(market_constraints.values())
             self.problem = cp.Problem(cp.Maximize(objective), constraints)
@@ -188,3 +190,12 @@ class Economy:
                 f"{self.data.option_count} options, {len(self.markets)} markets, "
                 f"{sum(v.size for v in problem.variables())} variables")
 
+
+def _check_same_structure(new: Builder, old: Builder) -> None:
+    """Raise :class:`StructureChanged` unless ``new`` declares exactly what ``old`` did."""
+    if set(new.variables) != set(old.variables):
+        raise StructureChanged("variables " + str(sorted(set(new.variables) ^ set(old.variables))))
+    if set(new.parameters) != set(old.parameters):
+        raise StructureChanged("parameters " + str(sorted(set(new.parameters) ^ set(old.parameters))))
+    if new.constraint_names != old.constraint_names:
+        raise StructureChanged("layer constraints")

@@ -90,19 +90,24 @@ def apply_overrides(
 ) -> dict[str, Any]:
     """Return a copy of ``data`` with each ``(dotted path, value)`` set.
 
-    The parent of every path must exist; the leaf may be new, so an override
-    can add an optional field. A value of ``None`` removes the field.
+    A missing section is created (``defer.enabled=true`` works on a file with
+    no ``defer``), but a name inside a named collection (tasks, models, uses,
+    pools, markets, quality tables, caches) must exist, so a misspelled name
+    is reported rather than added. A value of ``None`` removes the field.
     """
     result = copy.deepcopy(dict(data))
     for path, value in overrides:
         parts = path.split(".")
         node: Any = result
         for depth, part in enumerate(parts[:-1]):
+            parent = ".".join(parts[:depth])
+            if isinstance(node, dict) and part not in node and not _is_collection(parent):
+                node[part] = {}  # an optional section absent from the file, e.g. defer
             if not isinstance(node, dict) or part not in node:
                 known = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a mapping)"
-                parent = ".".join(parts[:depth]) or "(top level)"
                 raise InstanceError(source, [FieldProblem(
-                    path, value, f"cannot be set because '{part}' is not a field of {parent}",
+                    path, value,
+                    f"cannot be set because '{part}' is not an entry of {parent or '(top level)'}",
                     f"use one of: {known}")])
             node = node[part]
         if not isinstance(node, dict):
@@ -185,18 +190,40 @@ def _problem(error: Mapping[str, Any], data: Mapping[str, Any]) -> FieldProblem:
         expected = error.get("ctx", {}).get("expected", "")
         return FieldProblem(path, value, "is not an allowed value", f"use one of {expected}")
     if kind.endswith("_type") or kind.endswith("_parsing"):
-        return FieldProblem(path, value, message, "give a value of the type named")
+        expected = kind.removesuffix("_type").removesuffix("_parsing").replace("_", " ")
+        expected = {"float": "number", "int": "whole number", "dict": "mapping",
+                    "model": "mapping", "bool": "true or false"}.get(expected, expected)
+        return FieldProblem(path, value, f"must be a {expected}", f"give a {expected}")
     if kind == "finite_number":
         return FieldProblem(path, value, "must be a finite number", "give a finite number")
     if kind == "string_pattern_mismatch":
         return FieldProblem(path, value, "is not a valid name",
                             "use letters, digits, '-' and '_' only (no dots or spaces)")
-    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
-        return FieldProblem(path, value, message, "give a value in the allowed range")
+    if kind in _BOUNDS:
+        word, key = _BOUNDS[kind]
+        limit = error.get("ctx", {}).get(key)
+        limit = f"{limit:g}" if isinstance(limit, (int, float)) else limit
+        return FieldProblem(path, value, f"must be {word} {limit}", f"give a number {word} {limit}")
     if kind == "value_error":
         return FieldProblem(path, _lookup(data, location), message.removeprefix("value error, "),
                             "change the entry as described")
     return FieldProblem(path, value, message, "correct the value")
+
+
+COLLECTIONS = {"tasks", "models", "uses", "pools", "markets", "capital.cache"}
+
+
+def _is_collection(path: str) -> bool:
+    parts = path.split(".")
+    return path in COLLECTIONS or (len(parts) == 3 and parts[0] == "models" and parts[2] == "quality")
+
+
+_BOUNDS = {
+    "greater_than": ("greater than", "gt"),
+    "greater_than_equal": ("at least", "ge"),
+    "less_than": ("less than", "lt"),
+    "less_than_equal": ("at most", "le"),
+}
 
 
 def _is_quality_entry(location: list[str]) -> bool:

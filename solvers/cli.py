@@ -32,7 +32,7 @@ app = typer.Typer(
     help="Allocate tokens across router, agent, serving and capital layers; read the prices.",
 )
 console = Console(width=max(Console().width, 120))
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 EXIT_INVALID = 2
 EXIT_NO_SOLUTION = 3

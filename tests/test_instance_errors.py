@@ -1,0 +1,204 @@
+"""Bad instance files give one named error with file, field path, value and fix."""
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import CODING_AGENT, WORKED_EXAMPLE
+from tokenomy.model.errors import InstanceError
+from tokenomy.model.loader import load_instance, read_document
+
+
+@pytest.fixture()
+def worked():
+    return read_document(WORKED_EXAMPLE)
+
+
+def write(tmp_path, data, name="bad.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def error_for(path):
+    with pytest.raises(InstanceError) as caught:
+        load_instance(path)
+    return caught.value, str(caught.value)
+
+
+def test_missing_field(tmp_path, worked):
+    del worked["tasks"]["request"]["volume"]
+    path = write(tmp_path, worked)
+    error, message = error_for(path)
+    assert str(path) in message
+    assert "tasks.request.volume" in message
+    assert "(missing)" in message
+    assert "Fix: add this field" in message
+
+
+def test_wrong_type(tmp_path, worked):
+    worked["tasks"]["request"]["value"] = "a lot"
+    error, message = error_for(write(tmp_path, worked))
+    assert "tasks.request.value = 'a lot': must be a number" in message
+    assert "Fix: give a number" in message
+
+
+def test_negative_volume(tmp_path, worked):
+    worked["tasks"]["request"]["volume"] = -3
+    error, message = error_for(write(tmp_path, worked))
+    assert "tasks.request.volume = -3" in message
+    assert "must be greater than 0" in message
+    assert "Fix: give a number greater than 0" in message
+
+
+def test_unknown_task_in_quality_table(tmp_path, worked):
+    worked["models"]["cheap"]["quality"]["reqest"] = worked["models"]["cheap"]["quality"]["request"]
+    error, message = error_for(write(tmp_path, worked))
+    assert "models.cheap.quality.reqest = 'reqest'" in message
+    assert "use one of: default, request" in message
+
+
+def test_unknown_pool_of_model(tmp_path, worked):
+    worked["models"]["cheap"]["pool"] = "gpu-x"
+    error, message = error_for(write(tmp_path, worked))
+    assert "models.cheap.pool = 'gpu-x'" in message
+    assert "is not a defined pool" in message
+
+
+def test_unknown_market_kind(tmp_path, worked):
+    worked["markets"]["carbon"] = {"kind": "carbon", "budget": 3}
+    error, message = error_for(write(tmp_path, worked))
+    assert "markets.carbon.kind = 'carbon'" in message
+    assert "'compute'" in message and "'resource'" in message
+
+
+def test_market_with_budget_and_price(tmp_path, worked):
+    worked["markets"]["risk"]["budget"] = 1.0
+    error, message = error_for(write(tmp_path, worked))
+    assert "markets.risk" in message
+    assert "exactly one of 'budget'" in message
+
+
+def test_unknown_curve_type(tmp_path, worked):
+    worked["models"]["cheap"]["quality"]["request"]["curve"] = "sigmoid"
+    error, message = error_for(write(tmp_path, worked))
+    assert "models.cheap.quality.request" in message
+    assert "constant, leontief, saturating" in message or "cobb_douglas" in message
+
+
+def test_curve_field_path_has_no_tag(tmp_path, worked):
+    worked["models"]["cheap"]["quality"]["request"]["success"] = 1.7
+    error, message = error_for(write(tmp_path, worked))
+    assert "models.cheap.quality.request.success = 1.7" in message
+
+
+def test_unknown_use_in_curve(tmp_path, worked):
+    worked["models"]["cheap"]["quality"]["request"]["tokens"] = {"write": 10}
+    error, message = error_for(write(tmp_path, worked))
+    assert "names the use 'write'" in message
+    assert "answer" in message
+
+
+def test_misspelled_field(tmp_path, worked):
+    worked["tasks"]["request"]["valeu"] = 3
+    error, message = error_for(write(tmp_path, worked))
+    assert "tasks.request.valeu" in message
+    assert "not a known field" in message
+
+
+def test_name_with_dot_rejected(tmp_path, worked):
+    worked["tasks"]["a.b"] = worked["tasks"].pop("request")
+    error, message = error_for(write(tmp_path, worked))
+    assert "no dots or spaces" in message
+
+
+def test_several_problems_listed_together(tmp_path, worked):
+    worked["tasks"]["request"]["volume"] = -1
+    worked["tasks"]["request"]["value"] = "x"
+    error, message = error_for(write(tmp_path, worked))
+    assert len(error.problems) == 2
+
+
+def test_not_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("tasks: {a: [1, 2\n", encoding="utf-8")
+    error, message = error_for(path)
+    assert "is not valid YAML" in message
+    assert str(path) in message
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    error, message = error_for(path)
+    assert "not valid UTF-8" in message
+
+
+def test_top_level_not_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n", encoding="utf-8")
+    error, message = error_for(path)
+    assert "must be a mapping" in message
+
+
+def test_missing_file(tmp_path):
+    error, message = error_for(tmp_path / "nowhere.yaml")
+    assert "cannot be read" in message
+
+
+def test_yaml_object_tags_not_executed(tmp_path):
+    path = tmp_path / "tagged.yaml"
+    path.write_text("schema_version: !!python/object/apply:os.system ['echo pwned']\n",
+                    encoding="utf-8")
+    error, message = error_for(path)
+    assert "is not valid YAML" in message
+
+
+def test_json_instance_loads(tmp_path, worked):
+    import json
+
+    path = tmp_path / "worked.json"
+    path.write_text(json.dumps(worked), encoding="utf-8")
+    assert load_instance(path).tasks["request"].value == worked["tasks"]["request"]["value"]
+
+
+def test_override_unknown_path():
+    with pytest.raises(InstanceError, match="'nope' is not an entry of tasks"):
+        load_instance(WORKED_EXAMPLE, ["tasks.nope.value=3"])
+
+
+def test_override_invalid_value_is_validation_error():
+    with pytest.raises(InstanceError, match=r"markets\.risk\.price = -1"):
+        load_instance(WORKED_EXAMPLE, ["markets.risk.price=-1"])
+
+
+def test_override_without_equals():
+    with pytest.raises(InstanceError, match="PATH=VALUE"):
+        load_instance(WORKED_EXAMPLE, ["tasks.request.value"])
+
+
+def test_override_does_not_change_source():
+    data = read_document(CODING_AGENT)
+    before = copy.deepcopy(data)
+    load_instance(data, ["tasks.triage-issue.value=3"])
+    assert data == before
+
+
+def test_pool_without_gpus_needs_rent(tmp_path):
+    data = read_document(CODING_AGENT)
+    del data["pools"]["pool-small"]["gpus"]
+    error, message = error_for(write(tmp_path, data))
+    assert "pools.pool-small.gpus" in message
+    assert "market of kind gpu with a price" in message
+
+
+def test_override_creates_missing_section():
+    instance = load_instance(WORKED_EXAMPLE, ["defer.enabled=true", "defer.cost=3"])
+    assert instance.defer.enabled
+    assert instance.defer.cost == 3
+
+
+def test_override_misspelled_section_is_reported():
+    with pytest.raises(InstanceError, match="defr"):
+        load_instance(WORKED_EXAMPLE, ["defr.enabled=true"])
