@@ -9,7 +9,7 @@ import cvxpy as cp
 import networkx as nx
 import numpy as np
 
-from .data import EconomyData, compile_data
+from .data import compile_data
 from .formulation import Builder, StructureChanged
 from .layers.agent import Agent
 from .layers.base import WELFARE, Layer, welfare
@@ -166,8 +166,8 @@ class Economy:
         """Layer-market graph: an edge ``layer -> market`` where the layer uses the market.
 
         Node attribute ``type`` is ``layer`` or ``market``; market nodes carry
-        ``kind``, ``mode`` and ``unit``; edges carry ``role`` (``demand`` when
-        the layer's contribution raises usage, ``supply`` when it lowers it).
+        ``kind``, ``mode`` and ``unit``; edges carry ``role``: ``demand`` when
+        any of the layer's contributions raises usage, ``supply`` when all lower it.
         """
         graph = nx.DiGraph()
         for layer in self.layers:
@@ -178,9 +178,10 @@ class Economy:
             if quantity is None:
                 continue
             for part in quantity.contributions:
-                role = "supply" if np.all(part.coefficient <= 0) else "demand"
-                if not graph.has_edge(part.layer, spec.name):
-                    graph.add_edge(part.layer, spec.name, role=role)
+                demands = bool(np.any(part.coefficient > 0))
+                if graph.has_edge(part.layer, spec.name):
+                    demands = demands or graph.edges[part.layer, spec.name]["role"] == "demand"
+                graph.add_edge(part.layer, spec.name, role="demand" if demands else "supply")
         return graph
 
     def describe(self) -> str:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class TerminationReason(str, Enum):
+class TerminationReason(StrEnum):
     """Why the solver stopped."""
 
     OPTIMAL = "optimal"
@@ -25,7 +25,7 @@ class TerminationReason(str, Enum):
     """A status this adapter does not recognise."""
 
 
-class SolutionStatus(str, Enum):
+class SolutionStatus(StrEnum):
     """How good the returned allocation is."""
 
     OPTIMAL = "optimal"

@@ -8,9 +8,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import CODING_AGENT, WORKED_EXAMPLE
 from tokenomy.model.loader import validate
 from tokenomy.solvers.cli import app
+
+from conftest import CODING_AGENT, WORKED_EXAMPLE
 
 runner = CliRunner()
 

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from conftest import CODING_AGENT, WORKED_EXAMPLE
 from tokenomy.model.economy import Economy
 from tokenomy.model.loader import load_instance
 from tokenomy.solvers.analysis import tokens_per_request
 from tokenomy.solvers.joint import solve
+
+from conftest import CODING_AGENT, WORKED_EXAMPLE
 
 ALLOCATION_ATOL = 2e-3
 """Routing shares agree to this absolute tolerance."""
@@ -41,7 +42,7 @@ def priced_version(path):
         if market.name in budgeted.instance.markets:
             overrides += [f"markets.{market.name}.budget=null", f"markets.{market.name}.price=0"]
         else:
-            overrides += [f"markets.{market.name}=" + "{kind: %s, price: 0}" % market.kind]
+            overrides += [f"markets.{market.name}={{kind: {market.kind}, price: 0}}"]
     priced = Economy(load_instance(path, overrides), prices=row_prices)
     second = solve(priced)
     assert second.certified

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from conftest import CODING_AGENT, WORKED_EXAMPLE
 from tokenomy.model.economy import Economy
 from tokenomy.model.loader import load_instance
 from tokenomy.solvers.joint import solve
+
+from conftest import CODING_AGENT, WORKED_EXAMPLE
 
 
 def test_graph_layers_and_markets():
@@ -29,6 +30,7 @@ def test_graph_layers_and_markets():
     ("serving", "decode", "supply"),
     ("serving", "gpu", "demand"),
     ("capital", "gpu", "demand"),
+    ("capital", "compute", "demand"),
     ("capital", "prefill", "supply"),
 ])
 def test_graph_edges(layer, market, role):

@@ -5,9 +5,10 @@ import copy
 import pytest
 import yaml
 
-from conftest import CODING_AGENT, WORKED_EXAMPLE
 from tokenomy.model.errors import InstanceError
 from tokenomy.model.loader import load_instance, read_document
+
+from conftest import CODING_AGENT, WORKED_EXAMPLE
 
 
 @pytest.fixture()

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from conftest import CODING_AGENT, WORKED_EXAMPLE
 from tokenomy.model.economy import Economy
 from tokenomy.model.generate import generate_instance
 from tokenomy.model.loader import load_instance, validate
 from tokenomy.solvers.analysis import equimarginal
 from tokenomy.solvers.joint import solve
+
+from conftest import CODING_AGENT, WORKED_EXAMPLE
 
 FEASIBILITY_RTOL = 1e-6
 """Usage may exceed a right-hand side by this share of the row's scale."""

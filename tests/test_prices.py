@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from conftest import CODING_AGENT, WORKED_EXAMPLE
 from tokenomy.model.economy import Economy
 from tokenomy.model.loader import load_instance
 from tokenomy.solvers.joint import solve
+
+from conftest import CODING_AGENT, WORKED_EXAMPLE
 
 STEP = 1e-3
 """Perturbation as a share of each row's scale."""
