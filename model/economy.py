@@ -53,7 +53,7 @@ class Economy:
         The CVXPY problem; all data are Parameters, so :meth:`update`
         re-solves without recompiling when the structure is unchanged.
     welfare_scale:
-        USD per period that the solver sees as 1 in the objective.
+        USD per period that becomes 1 in the objective passed to the solver.
     """
 
     def __init__(

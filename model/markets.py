@@ -65,7 +65,7 @@ class MarketSpec:
     report_factor:
         Converts ``dW/d(rhs)`` into the reported price (e.g. per request).
     scale:
-        Row scale: the solver sees ``usage / scale``.
+        Row scale: the row passed to the solver is ``usage / scale``.
     """
 
     name: str

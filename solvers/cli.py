@@ -46,7 +46,11 @@ VerboseOption = Annotated[int, typer.Option("--verbose", "-v", count=True,
 
 
 def _configure_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose > 1:
+        level = logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
@@ -225,9 +229,11 @@ def _print_summary(report: dict) -> None:
         prices.add_column(column)
     for row in report["prices"]:
         price = "not certified" if row["price"] is None else f"{row['price']:.6g}"
-        binding = "" if row["binding"] is None else ("yes" if row["binding"] else "no")
+        binding = ""
+        if row["binding"] is not None:
+            binding = "yes" if row["binding"] else "no"
         prices.add_row(escape(row["market"]), row["mode"], price, row["unit"], binding,
-                       escape(row["rhs_path"] or ""))
+                       escape(row["rhs"] or ""))
     console.print(prices)
     normalized = report["normalized_prices"]
     if "risk" in normalized:

@@ -1,4 +1,4 @@
-"""Typed results: why a solver stopped, how good the answer is, and the prices."""
+"""Typed results: the termination reason, the solution status and the prices."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from enum import StrEnum
 
 
 class TerminationReason(StrEnum):
-    """Why the solver stopped."""
+    """Reason the solver stopped."""
 
     OPTIMAL = "optimal"
     """Converged to the requested tolerances."""
@@ -26,7 +26,7 @@ class TerminationReason(StrEnum):
 
 
 class SolutionStatus(StrEnum):
-    """How good the returned allocation is."""
+    """Quality of the returned allocation."""
 
     OPTIMAL = "optimal"
     """Feasible and optimal within tolerances; prices are certified."""
@@ -41,7 +41,7 @@ class Price:
     """The price of one market row.
 
     ``price`` is ``d(optimal welfare) / d(rhs)`` in ``unit``; ``None`` when the
-    solve did not certify it (``reason`` says why).
+    solve did not certify it, and ``reason`` then gives the cause.
     """
 
     market: str
@@ -61,7 +61,7 @@ class Price:
         return {
             "market": self.row, "market_name": self.market, "kind": self.kind, "mode": self.mode,
             "price": self.price, "unit": self.unit, "binding": self.binding,
-            "slack": self.slack, "usage": self.usage, "rhs": self.rhs, "rhs_path": self.rhs_path,
+            "slack": self.slack, "usage": self.usage, "rhs": self.rhs_path, "rhs_value": self.rhs,
             **({"reason": self.reason} if self.reason else {}),
         }
 

@@ -16,7 +16,7 @@ from conftest import CODING_AGENT, WORKED_EXAMPLE
 runner = CliRunner()
 
 REPORT_KEYS = {"status", "welfare", "prices", "normalized_prices", "routing", "tokens", "equimarginal"}
-PRICE_KEYS = {"market", "price", "unit", "binding", "slack", "rhs", "rhs_path"}
+PRICE_KEYS = {"market", "price", "unit", "binding", "slack", "rhs", "rhs_value"}
 
 
 def run(*args):
@@ -31,6 +31,9 @@ def test_solve_json_report():
     assert report["status"] == "optimal"
     for price in report["prices"]:
         assert PRICE_KEYS <= set(price), price
+    compute = next(price for price in report["prices"] if price["market"] == "compute")
+    assert compute["rhs"] == "markets.compute.budget"
+    assert compute["rhs_value"] == 1000
     assert {row["kind"] for row in report["equimarginal"]} >= {"token", "route", "training"}
     assert report["normalized_prices"]["risk"] > 0
 

@@ -11,9 +11,9 @@ the per-GPU throughput times the period)
     Epigraph of ``load**2 / (gpus - load)`` per delayed (pool, phase).
 
 The prefill and decode markets balance the tokens routed to a pool against
-the load it supplies, so their duals are the full marginal cost of a token:
-capacity scarcity plus the queueing delay it imposes on every other request
-(the congestion price, or Pigouvian toll).
+the load it supplies. Their duals are therefore the full marginal cost of a
+token: capacity scarcity plus the queueing delay it imposes on every other
+request (the congestion price, or Pigouvian toll).
 """
 
 from __future__ import annotations
