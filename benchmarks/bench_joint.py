@@ -163,6 +163,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
         checkpoint(record["stage"])
         logger.error("tasks=%d ran out of memory after stage %r", arguments.worker_size,
                      record["stage"])
+        traceback.print_exc(file=sys.stderr)
         return EXIT_OUT_OF_MEMORY
     except Exception as error:  # every failure of a size is a benchmark result
         record["error"] = f"{type(error).__name__}: {error}"

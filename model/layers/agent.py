@@ -81,10 +81,9 @@ class Agent:
         builder.constrain("agent.success", [
             cp.constraints.ExpCone(-cp.multiply(rate, effort), route[options], shortfall)])
 
-        position = {int(k): i for i, k in enumerate(options)}
-        pair_of = {(int(k), int(a)): j
-                   for j, (k, a) in enumerate(zip(index.pair_option, index.pair_use, strict=True))}
-        self._define_effort(builder, data, options, position, pair_of, effort, tokens)
+        pair_index = np.full((data.option_count, len(data.uses)), -1)
+        pair_index[index.pair_option, index.pair_use] = np.arange(len(index.pair_option))
+        self._define_effort(builder, data, options, pair_index, effort, tokens)
 
         tasks = data.option_task[options]
         worth = data.volume[tasks] * data.value[tasks] * data.max_success[options]
@@ -93,35 +92,33 @@ class Agent:
         builder.contribute(welfare("value"), self.name, "shortfall", -worth)
 
     @staticmethod
-    def _define_effort(builder, data, options, position, pair_of, effort, tokens) -> None:
-        """Bound each option's effort by its curve: single input, Leontief or Cobb-Douglas."""
+    def _define_effort(builder, data, options, pair_index, effort, tokens) -> None:
+        """Bound each option's effort by its curve: single input, Leontief or Cobb-Douglas.
+
+        ``pair_index[k, a]`` is the position of (option k, use a) in ``tokens``.
+        """
         families = data.family[options]
-        linear = np.isin(families, ["saturating", "leontief"])
-        cobb = families == "cobb_douglas"
-        single = cobb & (data.in_curve[options].sum(axis=1) == 1)
-        linear, cobb = linear | single, cobb & ~single
+        support = data.in_curve[options]
+        cobb = (families == "cobb_douglas") & (support.sum(axis=1) > 1)
+        linear = np.isin(families, ["saturating", "leontief", "cobb_douglas"]) & ~cobb
 
-        bound_rows, bound_pairs = [], []
-        for i in np.flatnonzero(linear):
-            k = int(options[i])
-            for a in np.flatnonzero(data.in_curve[k]):
-                bound_rows.append(i)
-                bound_pairs.append(pair_of[(k, int(a))])
-        if bound_rows:
-            builder.constrain("agent.effort", [effort[np.array(bound_rows)] <= tokens[np.array(bound_pairs)]])
+        rows, uses = np.nonzero(support & linear[:, None])
+        if len(rows):
+            pairs = pair_index[options[rows], uses]
+            builder.constrain("agent.effort", [effort[rows] <= tokens[pairs]])
 
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i in np.flatnonzero(cobb):
-            support = tuple(int(a) for a in np.flatnonzero(data.in_curve[options[i]]))
-            groups.setdefault(support, []).append(i)
-        for support, members in groups.items():
-            rows = np.array(members)
-            ks = options[rows]
-            inputs = [tokens[np.array([pair_of[(int(k), a)] for k in ks])] for a in support]
-            alpha = np.array([[data.weight[k, a] for k in ks] for a in support])
-            label = "agent.effort." + "-".join(str(a) for a in support)
+        # One chain of power cones per distinct set of inputs (a handful in practice).
+        patterns, group = np.unique(support[cobb], axis=0, return_inverse=True)
+        members_all = np.flatnonzero(cobb)
+        for g, pattern in enumerate(patterns):
+            members = members_all[group.ravel() == g]
+            ks = options[members]
+            used = np.flatnonzero(pattern)
+            inputs = [tokens[pair_index[ks, a]] for a in used]
+            alpha = data.weight[np.ix_(ks, used)].T
+            label = "agent.effort." + "-".join(str(a) for a in used)
             builder.constrain("agent.effort", geometric_mean_constraints(
-                builder, label, inputs, alpha, effort[rows]))
+                builder, label, inputs, alpha, effort[members]))
 
     @staticmethod
     def _define_fixed_tokens(builder, data, index, route, tokens) -> None:

@@ -42,13 +42,16 @@ class Capital:
         cacheable = np.flatnonzero(np.isin(pool, caches) & (reusable > 0))
         if not len(cacheable):
             return
-        row = np.array([caches.index(p) for p in pool[cacheable]])
+        cache_row = np.full(len(data.pools), -1)
+        cache_row[caches] = np.arange(len(caches))
+        row = cache_row[pool[cacheable]]
+
         # Reusable prefix tokens per period if every class went to this pool.
         ceiling = np.zeros(len(caches))
-        for x in range(len(data.tasks)):
-            pools_of_task = set(pool[tasks == x]) & set(caches)
-            for p in pools_of_task:
-                ceiling[caches.index(p)] += data.volume[x] * data.context[x] * data.reuse[x]
+        linked = np.unique(np.stack([tasks, pool], axis=1)[np.isin(pool, caches)], axis=0)
+        if len(linked):
+            task_tokens = data.volume * data.context * data.reuse
+            np.add.at(ceiling, cache_row[linked[:, 1]], task_tokens[linked[:, 0]])
         keep = ceiling > 0
         ceiling = np.where(keep, ceiling, 1.0)
 
