@@ -12,7 +12,7 @@ import numpy as np
 from .data import compile_data
 from .formulation import Builder, StructureChanged
 from .layers.agent import Agent
-from .layers.base import WELFARE, Layer, welfare
+from .layers.base import WELFARE, Layer
 from .layers.capital import Capital
 from .layers.router import Router
 from .layers.serving import Serving
@@ -20,6 +20,15 @@ from .markets import MarketSpec, define_markets
 from .schema import Instance
 
 logger = logging.getLogger(__name__)
+
+MAX_PARAMETER_ROWS = 64
+"""Markets with more rows (one per task) take their right-hand sides as constants.
+
+CVXPY (1.9) stores the DPP tensor of a parameter vector with memory that
+grows with its length times the problem size, so per-task right-hand sides
+as Parameters cost gigabytes at a thousand tasks. Changing them rebuilds the
+problem instead, which is fast without parameters.
+"""
 
 
 def default_layers() -> list[Layer]:
@@ -64,6 +73,7 @@ class Economy:
         offsets: Mapping[str, np.ndarray | float] | None = None,
     ):
         self.layers = list(layers) if layers is not None else default_layers()
+        self.markets: list[MarketSpec] = []
         self._build(instance, prices or {}, offsets or {}, reuse=None)
 
     # -- construction -----------------------------------------------------
@@ -74,25 +84,28 @@ class Economy:
         for layer in self.layers:
             layer.declare(builder, data, instance)
         markets = define_markets(instance, data)
+        old_scales = {spec.name: spec.scale for spec in self.markets} if reuse is not None else {}
         for spec in markets:
             if spec.name in prices:
                 spec.price = np.broadcast_to(np.asarray(prices[spec.name], float), spec.rows.shape).copy()
+            # Keep row scales across updates: they are constants of the compiled rows.
+            old = old_scales.get(spec.name)
+            if old is not None and old.shape == spec.scale.shape:
+                spec.scale = old
 
         welfare_scale = float(np.sum(data.volume * data.value)) or 1.0
-        for spec in markets:
-            if spec.mode == "price":
-                self._charge_price(builder, spec)
-        objective = cp.sum(cp.hstack([
-            builder.expression(name, welfare_scale)
-            for name in sorted(builder.quantities) if name.startswith(WELFARE)
-        ]))
+        terms = [builder.objective_term(name, welfare_scale)
+                 for name in sorted(builder.quantities) if name.startswith(WELFARE)]
+        terms += [self._price_charge(builder, spec, welfare_scale)
+                  for spec in markets if spec.mode == "price"]
+        objective = cp.sum(cp.hstack(terms))
         market_constraints = {
             spec.name: self._market_constraint(builder, spec, offsets.get(spec.name, 0.0))
             for spec in markets if spec.is_constraint
         }
         if reuse is not None:
             _check_same_structure(builder, reuse)
-        if reuse is None:
+        else:
             constraints = list(builder.constraints) + list(market_constraints.values())
             self.problem = cp.Problem(cp.Maximize(objective), constraints)
             self.market_constraints = market_constraints
@@ -101,33 +114,41 @@ class Economy:
         self.welfare_scale = welfare_scale
 
     @staticmethod
-    def _charge_price(builder: Builder, spec: MarketSpec) -> None:
-        """Add ``-price * weight * usage`` of a priced market to welfare."""
-        source = builder.quantities.get(spec.quantity)
-        if source is None:
-            return
-        row_price = np.zeros(source.size)
-        row_price[spec.rows] = spec.price * spec.weight
-        for part in source.contributions:
-            entry_price = part.aggregate.T @ row_price
-            builder.contribute(welfare(f"market.{spec.name}"), part.layer, part.variable,
-                               -entry_price * part.coefficient)
-
-    @staticmethod
-    def _market_constraint(builder: Builder, spec: MarketSpec, offset) -> cp.Constraint:
-        size = builder.quantities[spec.quantity].size if spec.quantity in builder.quantities \
-            else int(spec.rows.max(initial=-1)) + 1
+    def _usage_rows(builder: Builder, spec: MarketSpec) -> cp.Expression:
+        """Return the market's usage rows divided by their row scales."""
         if spec.quantity not in builder.quantities:
-            logger.warning("market %s has no contributions; its constraint is trivially met", spec.name)
-            builder.quantity(spec.quantity, size, spec.unit)
+            logger.warning("market %s has no contributions; its usage is zero", spec.name)
+            builder.quantity(spec.quantity, int(spec.rows.max(initial=-1)) + 1, spec.unit)
+        size = builder.quantities[spec.quantity].size
         row_scale = np.ones(size)
         row_scale[spec.rows] = spec.scale
-        usage_rows = builder.expression(spec.quantity, row_scale)[spec.rows]
+        return builder.expression(spec.quantity, row_scale)[spec.rows]
+
+    def _price_charge(self, builder: Builder, spec: MarketSpec, welfare_scale: float) -> cp.Expression:
+        """Return ``-sum(price * weight * usage) / welfare_scale`` of a priced market.
+
+        A uniform price is one scalar Parameter times constant row weights, so a
+        new price re-uses the compiled problem; per-row prices are constants.
+        """
+        usage_rows = self._usage_rows(builder, spec)
+        weight = spec.weight * spec.scale / welfare_scale
+        uniform = bool(np.all(spec.price == spec.price[0]))
+        level = float(spec.price[0]) if uniform else 1.0
+        relative = np.ones_like(spec.price) if uniform else spec.price
+        price = builder.parameter(f"market.{spec.name}.price", level)
+        charge = builder.constant(f"market.{spec.name}.weight", relative * weight)
+        return -(price[0] * (charge @ usage_rows))
+
+    def _market_constraint(self, builder: Builder, spec: MarketSpec, offset) -> cp.Constraint:
+        usage_rows = self._usage_rows(builder, spec)
         rhs = (spec.rhs + np.broadcast_to(np.asarray(offset, float), spec.rows.shape)) / spec.scale
-        rhs_param = builder.parameter(f"market.{spec.name}.rhs", rhs)
+        if len(spec.rows) <= MAX_PARAMETER_ROWS:
+            rhs_value = builder.parameter(f"market.{spec.name}.rhs", rhs)
+        else:
+            rhs_value = builder.constant(f"market.{spec.name}.rhs", rhs)
         if spec.mode == "equality":
-            return usage_rows == rhs_param
-        return usage_rows <= rhs_param
+            return usage_rows == rhs_value
+        return usage_rows <= rhs_value
 
     # -- re-parameterisation ---------------------------------------------
 
@@ -196,6 +217,8 @@ def _check_same_structure(new: Builder, old: Builder) -> None:
     """Raise :class:`StructureChanged` unless ``new`` declares exactly what ``old`` did."""
     if set(new.variables) != set(old.variables):
         raise StructureChanged("variables " + str(sorted(set(new.variables) ^ set(old.variables))))
+    if set(new.constants) != set(old.constants):
+        raise StructureChanged("constants " + str(sorted(set(new.constants) ^ set(old.constants))))
     if set(new.parameters) != set(old.parameters):
         raise StructureChanged("parameters " + str(sorted(set(new.parameters) ^ set(old.parameters))))
     if new.constraint_names != old.constraint_names:

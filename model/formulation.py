@@ -7,10 +7,17 @@ the usage of markets. The core turns each market's usage into a constraint
 and welfare part is linear in the variables, and all nonlinearity sits in
 the layers' cone constraints, duals of market rows are exactly the prices.
 
-All numbers enter through CVXPY Parameters (DPP), so changing data or prices
-re-solves without recompiling. A builder created with ``reuse=`` an earlier
-builder reuses that builder's variables and parameters, assigning new values,
-which is how :meth:`Economy.update` re-parameterises a compiled problem.
+What may change between solves without recompiling is held in CVXPY
+Parameters: the welfare coefficients (each an inner product with a
+variable), market prices and market right-hand sides. Everything else is a
+constant. Parameters multiplied elementwise into vector expressions are
+avoided on purpose: CVXPY (1.9) stores their DPP tensor with memory
+quadratic in the vector's length.
+
+A builder created with ``reuse=`` an earlier builder reuses that builder's
+variables and parameters, assigning new values, and raises
+:class:`StructureChanged` when a constant or a shape differs. This is how
+:meth:`Economy.update` re-parameterises a compiled problem.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class Builder:
     def __init__(self, reuse: Builder | None = None):
         self.variables: dict[str, cp.Variable] = {}
         self.parameters: dict[str, cp.Parameter] = {}
+        self.constants: dict[str, np.ndarray] = {}
         self.constraints: list[cp.Constraint] = []
         self.constraint_names: list[str] = []
         self.quantities: dict[str, Quantity] = {}
@@ -94,6 +102,18 @@ class Builder:
         param = cp.Parameter(array.shape, nonneg=nonneg, name=name, value=array)
         self.parameters[name] = param
         return param
+
+    def constant(self, name: str, value: np.ndarray | float) -> np.ndarray:
+        """Declare a data array; in reuse mode it must equal the earlier value."""
+        array = np.asarray(value, dtype=float)
+        if name in self.constants:
+            raise ValueError(f"constant {name!r} is declared twice")
+        if self._reuse is not None:
+            old = self._reuse.constants.get(name)
+            if old is None or old.shape != array.shape or not np.array_equal(old, array):
+                raise StructureChanged(f"data of {name}")
+        self.constants[name] = array
+        return array
 
     def constrain(self, name: str, constraints: Sequence[cp.Constraint]) -> None:
         """Add a layer's own constraints (cones, bounds), labelled for diagnostics."""
@@ -153,17 +173,32 @@ class Builder:
     # -- assembly ---------------------------------------------------------
 
     def expression(self, quantity: str, row_scale: np.ndarray | float) -> cp.Expression:
-        """Build the scaled CVXPY expression ``quantity / row_scale`` from parameters."""
+        """Build the constant-coefficient expression ``quantity / row_scale``."""
         target = self.quantities[quantity]
         row_scale = np.broadcast_to(np.asarray(row_scale, dtype=float), (target.size,))
         terms = []
         for index, part in enumerate(target.contributions):
-            entry_scale = part.aggregate.T @ (1.0 / row_scale)
-            param = self.parameter(f"{quantity}#{index}", part.coefficient * entry_scale)
-            terms.append(part.aggregate @ cp.multiply(param, self.variables[part.variable]))
+            matrix = sp.diags(1.0 / row_scale) @ part.aggregate @ sp.diags(part.coefficient)
+            matrix = sp.csr_matrix(matrix)
+            self.constant(f"{quantity}#{index}", np.concatenate(
+                [matrix.data, matrix.indices, matrix.indptr]))
+            terms.append(matrix @ self.variables[part.variable])
         if not terms:
             return cp.Constant(np.zeros(target.size))
         return terms[0] if len(terms) == 1 else cp.sum(terms)
+
+    def objective_term(self, quantity: str, scale: float) -> cp.Expression:
+        """Build ``quantity / scale`` for a one-row quantity with constant coefficients."""
+        target = self.quantities[quantity]
+        if target.size != 1:
+            raise ValueError(f"objective quantity {quantity!r} must have one row")
+        terms = []
+        for index, part in enumerate(target.contributions):
+            coefficient = self.constant(f"{quantity}#{index}", part.coefficient / scale)
+            terms.append(coefficient @ self.variables[part.variable])
+        if not terms:
+            return cp.Constant(0.0)
+        return terms[0] if len(terms) == 1 else cp.sum(cp.hstack(terms))
 
     def evaluate(self, quantity: str) -> np.ndarray:
         """Return the unscaled value of a quantity at the current variable values."""

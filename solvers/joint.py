@@ -122,6 +122,10 @@ def _result(economy, name, termination, status, attempts, timings) -> Result:
         quantity.removeprefix("welfare."): float(economy.builder.evaluate(quantity)[0])
         for quantity in sorted(economy.builder.quantities) if quantity.startswith("welfare.")
     }
+    for spec in economy.markets:
+        if spec.mode == "price" and spec.quantity in economy.builder.quantities:
+            usage = economy.builder.evaluate(spec.quantity)[spec.rows]
+            parts[f"market.{spec.name}"] = -float(np.sum(spec.price * spec.weight * usage))
     reason = None if status is SolutionStatus.OPTIMAL else (
         f"{name} returned an uncertified solution ({attempts[-1]['status']}); "
         "tighten the solver tolerances or try another solver with --solver")

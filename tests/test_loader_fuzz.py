@@ -5,9 +5,10 @@ import copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CODING_AGENT
 from tokenomy.model.errors import InstanceError
 from tokenomy.model.loader import load_instance, parse_document, read_document
+
+from conftest import CODING_AGENT
 
 BASE = read_document(CODING_AGENT)
 

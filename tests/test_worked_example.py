@@ -44,4 +44,16 @@ def test_crossover_value_from_sweep():
     points = sweep(data, str(WORKED_EXAMPLE), "tasks.request.value", values)
     frontier = [point.routing["request/frontier"] > 0.5 for point in points]
     assert frontier == [False, False, True, True]
-    assert [point.reused for point in points] == [False, True, True, True]
+    # A task value is a constant of the program, so each point rebuilds it.
+    assert [point.reused for point in points] == [False, False, False, False]
+
+
+def test_sweep_of_price_reuses_problem():
+    from tokenomy.model.loader import read_document
+    from tokenomy.solvers.sweep import sweep
+
+    data = read_document(WORKED_EXAMPLE)
+    points = sweep(data, str(WORKED_EXAMPLE), "markets.risk.price", [0.0, 20.0, 30.0])
+    assert [point.reused for point in points] == [False, True, True]
+    frontier = [point.routing["request/frontier"] > 0.5 for point in points]
+    assert frontier == [False, False, True]

@@ -77,7 +77,7 @@ class Agent:
             return
         effort = builder.variable("effort", len(options))
         shortfall = builder.variable("shortfall", len(options))
-        rate = builder.parameter("agent.rate", data.rate[options], nonneg=True)
+        rate = builder.constant("agent.rate", data.rate[options])
         builder.constrain("agent.success", [
             cp.constraints.ExpCone(-cp.multiply(rate, effort), route[options], shortfall)])
 
@@ -128,7 +128,7 @@ class Agent:
             return
         ratio = fixed[pairs] / data.scale[index.pair_option[pairs], index.pair_use[pairs]]
         builder.constrain("agent.fixed_tokens", [tokens[pairs] == cp.multiply(
-            builder.parameter("agent.fixed_ratio", ratio, nonneg=True), route[index.pair_option[pairs]])])
+            builder.constant("agent.fixed_ratio", ratio), route[index.pair_option[pairs]])])
 
     def _define_token_costs(self, builder, data, index) -> None:
         k, a = index.pair_option, index.pair_use
@@ -171,7 +171,7 @@ class Agent:
         cuts = np.isfinite(data.risk_scale[a]) & (row_of[k] >= 0)
         weight = np.where(cuts, data.scale[k, a] / np.where(cuts, data.risk_scale[a], 1.0), 0.0)
         rows = np.where(cuts, row_of[k], 0)
-        exponent = _aggregate(count, rows, builder.parameter("agent.risk_cut", weight, nonneg=True), tokens)
+        exponent = _aggregate(count, rows, builder.constant("agent.risk_cut", weight), tokens)
 
         if reviews:
             review = builder.variable("review", count * reviews)

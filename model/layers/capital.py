@@ -59,15 +59,15 @@ class Capital:
         size = builder.variable("cache_size", len(caches))
         miss = builder.variable("cache_miss", len(caches))
         route = builder.variables["route"]
-        reuse = builder.parameter("cache.reuse", data.reuse[tasks[cacheable]], nonneg=True)
+        reuse = builder.constant("cache.reuse", data.reuse[tasks[cacheable]])
         limit = np.array([s.max_size / s.size_scale for s in settings])
         served = np.zeros((len(caches), len(cacheable)))
         served[row, np.arange(len(cacheable))] = reusable[cacheable] / data.reuse[tasks[cacheable]]
         served /= ceiling[:, None]
         builder.constrain("cache.reuse", [cached <= cp.multiply(reuse, route[cacheable])])
-        builder.constrain("cache.size", [size <= builder.parameter("cache.limit", limit, nonneg=True)])
+        builder.constrain("cache.size", [size <= builder.constant("cache.limit", limit)])
         builder.constrain("cache.hits", [
-            builder.parameter("cache.served", served, nonneg=True) @ cached <= 1 - miss,
+            builder.constant("cache.served", served) @ cached <= 1 - miss,
             cp.constraints.ExpCone(-size, np.ones(len(caches)), miss),
         ])
 
@@ -99,7 +99,7 @@ class Capital:
             builder.constrain("training.effort", geometric_mean_constraints(
                 builder, "training.effort", [amount[i:i + 1] for i in range(len(inputs))],
                 weights[:, None], effort))
-        rate = builder.parameter("training.rate", training.rate, nonneg=True)
+        rate = builder.constant("training.rate", training.rate)
         builder.constrain("training.gain", [
             cp.constraints.ExpCone(-cp.multiply(rate, effort), np.ones(1), miss),
             capability + miss <= 1,

@@ -32,8 +32,8 @@ class Router:
 
         builder.variable("route", data.option_count)
         defer = builder.variable("defer", task_count)
-        builder.constrain("defer.enabled", [defer <= builder.parameter(
-            "defer.enabled", data.defer_enabled, nonneg=True)])
+        builder.constrain("defer.enabled", [defer <= builder.constant(
+            "defer.enabled", data.defer_enabled)])
 
         # Each request is routed somewhere: its dual is the class's marginal surplus.
         builder.contribute(usage("routing"), self.name, "route", 1.0, tasks,
