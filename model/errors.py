@@ -35,6 +35,8 @@ class FieldProblem:
     fix: str
 
     def describe(self) -> str:
+        if self.value is _MISSING and self.path.startswith("("):
+            return f"{self.path}: {self.message}. Fix: {self.fix}"
         shown = "(missing)" if self.value is _MISSING else repr(self.value)
         if isinstance(self.value, (dict, list)) and len(shown) > 80:
             shown = shown[:77] + "..."
@@ -76,3 +78,22 @@ class InfeasibleError(SolveError):
 
 class UnboundedError(SolveError):
     """Welfare can grow without limit; the instance misses a cost or a bound."""
+
+
+class DataError(TokenomyError):
+    """A data file or a recipe cannot be imported.
+
+    The message names the file, the row, field or column, the invalid value
+    and the fix.
+    """
+
+    def __init__(self, source: str, location: str, value: object, problem: str, fix: str):
+        self.source = source
+        self.location = location
+        self.value = value
+        self.problem = problem
+        self.fix = fix
+        shown = "(missing)" if value is _MISSING else repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"invalid data in {source}: {location} = {shown}: {problem}. Fix: {fix}")

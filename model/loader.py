@@ -54,10 +54,105 @@ def read_document(path: str | Path) -> dict[str, Any]:
     return parse_document(text, source, json_syntax=path.suffix.lower() == ".json")
 
 
-def parse_document(text: str, source: str, *, json_syntax: bool = False) -> dict[str, Any]:
-    """Parse instance text (YAML, or JSON when ``json_syntax``) into a mapping."""
+MAX_NODES = 1_000_000
+"""Most YAML nodes an instance may expand to once aliases are followed."""
+
+
+class AliasError(ValueError):
+    """YAML aliases form a cycle or expand past :data:`MAX_NODES`."""
+
+
+class _InstanceLoader(yaml.SafeLoader):
+    """Safe YAML loader that also rejects duplicate keys in a mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (list, dict)):
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        "found a mapping key that is not a scalar", key_node.start_mark)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Count nodes with every alias followed; raise AliasError on a cycle or past MAX_NODES."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        children = ([child for pair in node.value for child in pair]
+                    if isinstance(node, yaml.MappingNode) else list(node.value))
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_NODES:
+                raise AliasError(f"aliases expand it to more than {MAX_NODES:,} nodes")
+            continue
+        if key in open_nodes:
+            raise AliasError("an alias refers to a node that contains it (a cycle)")
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_nodes:
+                raise AliasError("an alias refers to a node that contains it (a cycle)")
+            stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    loader = _InstanceLoader(text)
+    loader.name = source  # shown in error positions instead of "<unicode string>"
     try:
-        data = json.loads(text) if json_syntax else yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def parse_document(text: str, source: str, *, json_syntax: bool = False) -> dict[str, Any]:
+    """Parse instance text (YAML, or JSON when ``json_syntax``) into a mapping.
+
+    YAML goes through a safe loader that executes no tags and rejects
+    duplicate keys, alias cycles and alias expansions past :data:`MAX_NODES`.
+    """
+    try:
+        if json_syntax:
+            data = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        else:
+            data = _load_yaml(text, source)
+    except AliasError as error:
+        raise InstanceError(source, [FieldProblem(
+            "(file)", MISSING, f"cannot be expanded: {error}",
+            "write the repeated entries out, or use fewer nested aliases")]) from None
     except (yaml.YAMLError, json.JSONDecodeError, RecursionError, ValueError) as error:
         detail = " ".join(str(error).split())[:300]
         raise InstanceError(source, [FieldProblem(
@@ -194,6 +289,8 @@ def _problem(error: Mapping[str, Any], data: Mapping[str, Any]) -> FieldProblem:
         expected = {"float": "number", "int": "whole number", "dict": "mapping",
                     "model": "mapping", "bool": "true or false"}.get(expected, expected)
         return FieldProblem(path, value, f"must be a {expected}", f"give a {expected}")
+    if kind == "too_short":
+        return FieldProblem(path, value, "must not be empty", "add at least one entry")
     if kind == "finite_number":
         return FieldProblem(path, value, "must be a finite number", "give a finite number")
     if kind == "string_pattern_mismatch":

@@ -15,9 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
+MAX_MAGNITUDE = 1e15
+"""Largest number accepted in any field; beyond it double precision cannot price."""
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0.0, le=MAX_MAGNITUDE, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0.0, le=MAX_MAGNITUDE, allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+$")]
 
 
@@ -253,9 +256,9 @@ class Instance(Strict):
     metadata: dict[str, object] = Field(default_factory=dict)
     period_seconds: Positive = Field(3600.0, description="Length of one period (seconds).")
     defer: DeferOption = Field(default_factory=lambda: DeferOption(enabled=False))
-    tasks: dict[Name, Task]
-    models: dict[Name, Model]
-    uses: dict[Name, Use]
+    tasks: dict[Name, Task] = Field(min_length=1)
+    models: dict[Name, Model] = Field(min_length=1)
+    uses: dict[Name, Use] = Field(min_length=1)
     pools: dict[Name, Pool] = Field(default_factory=dict)
     capital: Capital = Field(default_factory=Capital)
     markets: dict[Name, Market] = Field(default_factory=dict)

@@ -203,3 +203,90 @@ def test_override_creates_missing_section():
 def test_override_misspelled_section_is_reported():
     with pytest.raises(InstanceError, match="defr"):
         load_instance(WORKED_EXAMPLE, ["defr.enabled=true"])
+
+
+def test_duplicate_yaml_key(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("schema_version: 1\ntasks: {a: {volume: 1, value: 1}}\ntasks: {}\n", encoding="utf-8")
+    error, message = error_for(path)
+    assert "found duplicate key 'tasks'" in message
+    assert "line 3" in message
+
+
+def test_duplicate_json_key(tmp_path):
+    path = tmp_path / "dup.json"
+    path.write_text('{"schema_version": 1, "tasks": {}, "tasks": {}}', encoding="utf-8")
+    error, message = error_for(path)
+    assert "duplicate key 'tasks'" in message
+
+
+def test_alias_bomb_rejected(tmp_path):
+    lines = ["a: &l0 [1, 2, 3, 4, 5, 6, 7, 8, 9]"]
+    for level in range(1, 8):
+        refs = ", ".join([f"*l{level - 1}"] * 9)
+        lines.append(f"b{level}: &l{level} [{refs}]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    error, message = error_for(path)
+    assert "more than 1,000,000 nodes" in message
+
+
+def test_alias_cycle_rejected(tmp_path):
+    path = tmp_path / "cycle.yaml"
+    path.write_text("tasks: &a {t: *a}\n", encoding="utf-8")
+    error, message = error_for(path)
+    assert "(a cycle)" in message
+
+
+def test_small_aliases_allowed(tmp_path):
+    path = tmp_path / "alias.yaml"
+    path.write_text(
+        "schema_version: 1\n"
+        "tasks: {a: {volume: 1, value: 10}, b: {volume: 2, value: 20}}\n"
+        "uses: {answer: {input_share: 0}}\n"
+        "models:\n"
+        "  m:\n"
+        "    prices: {input: 0, output: 1000}\n"
+        "    quality:\n"
+        "      a: &curve {curve: constant, success: 0.5, tokens: {answer: 100}}\n"
+        "      b: *curve\n",
+        encoding="utf-8")
+    instance = load_instance(path)
+    assert instance.models["m"].quality["b"].success == 0.5
+
+
+def test_deep_nesting_rejected(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n", encoding="utf-8")
+    error, message = error_for(path)
+    assert "is not valid YAML" in message or "nested too deeply" in message
+
+
+@pytest.mark.parametrize("section", ["tasks", "models", "uses"])
+def test_empty_collection(tmp_path, worked, section):
+    worked[section] = {}
+    error, message = error_for(write(tmp_path, worked))
+    assert f"{section} = {{}}: must not be empty" in message
+    assert "add at least one entry" in message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (".nan", "must be a finite number"),
+    (".inf", "must be a finite number"),
+    ("1.0e+300", "must be at most 1e+15"),
+])
+def test_non_finite_and_huge_values(tmp_path, worked, text, expected):
+    dumped = yaml.safe_dump(worked).replace("value: 15", f"value: {text}")
+    path = tmp_path / "values.yaml"
+    path.write_text(dumped, encoding="utf-8")
+    error, message = error_for(path)
+    assert "tasks.request.value" in message
+    assert expected in message
+
+
+def test_file_size_limit(tmp_path, monkeypatch, worked):
+    from tokenomy.model import loader
+
+    monkeypatch.setattr(loader, "MAX_FILE_BYTES", 100)
+    error, message = error_for(write(tmp_path, worked))
+    assert "larger than the limit of 100 bytes" in message

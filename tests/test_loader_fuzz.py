@@ -68,3 +68,29 @@ def test_arbitrary_text(text):
     except InstanceError:
         return
     loads_or_raises_instance_error(data)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(sections=st.dictionaries(
+    st.sampled_from(["schema_version", "tasks", "models", "uses", "pools", "markets", "capital",
+                     "defer", "period_seconds", "extra"]), json_values, max_size=6))
+def test_random_sections(sections):
+    loads_or_raises_instance_error(sections)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_random_bytes(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("bytes") / "instance.yaml"
+    path.write_bytes(data)
+    try:
+        load_instance(path)
+    except InstanceError:
+        pass
