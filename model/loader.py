@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from .errors import MISSING, FieldProblem, InstanceError
 from .schema import Instance
-from .validation import cross_check
+from .validation import cross_check, scale_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,8 @@ def validate(data: Mapping[str, Any], source: str = "<instance>") -> Instance:
     problems = cross_check(instance)
     if problems:
         raise InstanceError(source, problems)
+    for warning in scale_warnings(instance):
+        logger.warning("%s: %s", source, warning)
     return instance
 
 

@@ -147,3 +147,55 @@ def quality_curve(instance: Instance, task_name: str, model_name: str) -> object
     """Return the curve of ``model_name`` for ``task_name`` (by task, then group, then default)."""
     task = instance.tasks[task_name]
     return _curve_for(instance.models[model_name].quality, task_name, task.group)
+
+
+SPAN_LIMIT = 1e8
+"""Ratio of largest to smallest non-zero value of one field above which a warning is issued."""
+
+_COLLECTIONS = {("tasks",), ("models",), ("uses",), ("pools",), ("markets",), ("capital", "cache")}
+
+
+def scale_warnings(instance: Instance) -> list[str]:
+    """Return a warning for every field whose non-zero values span more than SPAN_LIMIT.
+
+    Values of one field (say ``tasks.*.volume``) that differ by eight orders
+    of magnitude usually mean a unit mistake, and they strain the solver even
+    after tokenomy's internal rescaling.
+    """
+    extremes: dict[str, tuple[float, str, float, str]] = {}
+    for path, value in _numeric_leaves(instance.model_dump(exclude={"metadata"}), ()):
+        size = abs(value)
+        if size == 0:
+            continue
+        pattern = _pattern(path)
+        dotted = ".".join(path)
+        low, low_path, high, high_path = extremes.get(pattern, (size, dotted, size, dotted))
+        if size < low:
+            low, low_path = size, dotted
+        if size > high:
+            high, high_path = size, dotted
+        extremes[pattern] = (low, low_path, high, high_path)
+    return [
+        f"values of {pattern} span {low:.3g} ({low_path}) to {high:.3g} ({high_path}), "
+        f"more than a factor of {SPAN_LIMIT:.0e}; check their units"
+        for pattern, (low, low_path, high, high_path) in sorted(extremes.items())
+        if high / low > SPAN_LIMIT
+    ]
+
+
+def _numeric_leaves(node, path):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _numeric_leaves(value, (*path, str(key)))
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield path, float(node)
+
+
+def _pattern(path: tuple[str, ...]) -> str:
+    parts = list(path)
+    for index in range(len(parts)):
+        prefix = tuple(parts[:index])
+        is_quality = len(prefix) == 3 and prefix[0] == "models" and prefix[2] == "quality"
+        if prefix in _COLLECTIONS or is_quality:
+            parts[index] = "*"
+    return ".".join(parts)

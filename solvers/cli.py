@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -18,17 +19,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..model.economy import Economy
-from ..model.errors import InfeasibleError, InstanceError, TokenomyError
+from ..model.errors import InstanceError, TokenomyError
 from ..model.generate import generate_instance
 from ..model.loader import apply_overrides, load_instance, parse_override, read_document
 from ..model.schema import Instance
 from .joint import FALLBACK_ORDER, solve
 from .report import build_report, to_json, write_atomic, write_outputs
-from .result import SolutionStatus, TerminationReason
+from .result import Result, SolutionStatus, TerminationReason
 from .sweep import parse_vary, sweep
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True,
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Allocate tokens across router, agent, serving and capital layers; read the prices.",
 )
 console = Console(width=max(Console().width, 120))
@@ -36,6 +37,7 @@ errors = Console(stderr=True, soft_wrap=True)
 
 EXIT_INVALID = 2
 EXIT_NO_SOLUTION = 3
+EXIT_UNCERTIFIED = 4
 
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a field by its dotted path, e.g. tasks.fix.value=25 (repeatable).")]
@@ -86,7 +88,8 @@ def solve_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print the full JSON report on stdout.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Directory for report.json and CSV tables.")] = None,
     solver: SolverOption = None,
-    time_limit: Annotated[float | None, typer.Option(help="Seconds allowed to each solver.")] = None,
+    time_limit: Annotated[float | None, typer.Option(
+        help="Seconds allowed for the solve, across the solver fallback order.")] = None,
     verbose: VerboseOption = 0,
 ) -> None:
     """Solve the joint program and print welfare, allocation and prices."""
@@ -107,8 +110,12 @@ def solve_command(
         if out is not None:
             console.print(f"wrote {out}/report.json and CSV tables")
     if result.status is SolutionStatus.NO_SOLUTION:
-        _explain_failure(economy, result.termination)
+        _explain_failure(result)
         raise typer.Exit(EXIT_NO_SOLUTION)
+    if result.message:
+        errors.print(f"warning: {result.message}", markup=False)
+    if not result.certified:
+        raise typer.Exit(EXIT_UNCERTIFIED)
 
 
 @app.command("sweep")
@@ -173,21 +180,17 @@ def generate(
         console.print(f"wrote {out}")
 
 
-def _explain_failure(economy: Economy, termination: TerminationReason) -> None:
-    if termination is TerminationReason.INFEASIBLE:
-        budgets = [f"{spec.name} ({spec.mode})" for spec in economy.markets
-                   if spec.mode == "budget"]
-        message = InfeasibleError(
-            "infeasible: no allocation meets every budget and capacity at once; "
-            "the budgeted markets are " + (", ".join(budgets) or "none") +
-            ". Relax one with --set (e.g. a larger budget or SLA) or enable defer.")
-        errors.print(str(message), markup=False)
-    elif termination is TerminationReason.UNBOUNDED:
-        errors.print("unbounded: welfare grows without limit; check for a zero-cost token "
-                     "use with unbounded value or a negative price", markup=False)
+def _explain_failure(result: Result) -> None:
+    if result.diagnosis is not None:
+        errors.print(result.diagnosis["message"], markup=False)
+        for item in result.diagnosis.get("shortfalls", []):
+            errors.print(f"  - {item['message']}", markup=False)
+    elif result.termination is TerminationReason.LIMIT:
+        errors.print(f"no solution within the time limit of {result.time_limit:g} s; "
+                     "raise --time-limit", markup=False)
     else:
-        errors.print(f"no solution: the solver stopped with {termination.value}; "
-                     "try --solver with another solver or a larger --time-limit", markup=False)
+        errors.print(f"no solution: the solver stopped with {result.termination.value} "
+                     f"({result.message}); try --solver with another solver", markup=False)
 
 
 def _print_summary(report: dict) -> None:
@@ -240,9 +243,20 @@ def _print_summary(report: dict) -> None:
         console.print(f"normalized risk price rho: {normalized['risk']:.6g} {normalized['risk_unit']}")
 
 
+from .cli_data import register as _register_data_commands  # noqa: E402, I001
+_register_data_commands(app)
+
+
 def main() -> None:
     """Entry point of the ``tokenomy`` console script."""
-    app()
+    try:
+        app()
+    except Exception as error:  # a bug, not bad input: say so without a traceback
+        if os.environ.get("TOKENOMY_DEBUG"):
+            raise
+        errors.print(f"internal error in tokenomy: {type(error).__name__}: {error}. "
+                     "Rerun with TOKENOMY_DEBUG=1 to see the traceback, and report it.", markup=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

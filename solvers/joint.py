@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from importlib import metadata
 
@@ -12,6 +13,8 @@ import numpy as np
 
 from ..model.economy import Economy
 from ..model.errors import SolveError
+from .checks import CheckReport, Tolerances, check_solution
+from .diagnose import diagnose_infeasibility, unbounded_directions
 from .result import Price, Result, SolutionStatus, TerminationReason, Timings
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ def solve(
     economy: Economy,
     solvers: Sequence[str] | None = None,
     time_limit: float | None = None,
+    check: bool = True,
+    tolerances: Tolerances | None = None,
 ) -> Result:
     """Solve the joint program, falling back through ``solvers`` until one certifies.
 
@@ -58,64 +63,129 @@ def solve(
     solvers:
         CVXPY solver names in the order to try; default :data:`FALLBACK_ORDER`.
     time_limit:
-        Seconds allowed to each solver that supports a limit.
+        Seconds allowed for the whole fallback sequence. Each solver that takes
+        a limit (Clarabel, SCS) gets what is left; ECOS takes none, and no
+        solver is started once the time is used up.
+    check:
+        Run :func:`~tokenomy.solvers.checks.check_solution` after an optimal
+        status and move to the next solver when it fails.
+    tolerances:
+        Tolerances of those checks.
 
     Returns
     -------
     Result
-        With prices when the status is ``optimal``; otherwise prices carry
-        ``None`` and a reason.
+        Prices are certified when the status is ``optimal``; otherwise each
+        carries ``None`` and a reason. An infeasible or unbounded result
+        carries a :class:`~tokenomy.solvers.diagnose.Diagnosis`.
     """
     order = [name.upper() for name in (solvers or FALLBACK_ORDER)]
     installed = set(cp.installed_solvers())
     attempts: list[dict] = []
     timings = Timings()
-    best: tuple[str, TerminationReason, SolutionStatus] | None = None
+    last: tuple[str, TerminationReason, SolutionStatus] | None = None
+    unchecked: tuple[str, CheckReport] | None = None
 
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
     for name in order:
+        remaining = None if deadline is None else deadline - time.perf_counter()
+        if remaining is not None and remaining <= 0:
+            attempts.append({"solver": name, "status": "not started: time limit reached"})
+            break
         if name not in installed:
             attempts.append({"solver": name, "status": "not installed"})
             logger.warning("solver %s is not installed; trying the next one", name)
             continue
-        options = dict(SOLVER_SETTINGS.get(name, {}))
-        if time_limit is not None and name in TIME_LIMIT_OPTION:
-            options[TIME_LIMIT_OPTION[name]] = float(time_limit)
-        started = time.perf_counter()
-        try:
-            economy.problem.solve(solver=name, **options)
-            raw = economy.problem.status
-        except cp.SolverError as error:
-            raw = cp.SOLVER_ERROR
-            logger.warning("solver %s failed: %s", name, error)
-        elapsed = time.perf_counter() - started
-        stats = economy.problem.solver_stats
-        solve_time = (stats.solve_time if stats is not None and stats.solve_time else None)
-        compile_time = economy.problem.compilation_time or 0.0
-        timings.compile += compile_time
-        timings.solve += solve_time if solve_time is not None else max(elapsed - compile_time, 0.0)
-        termination, status = STATUS_TABLE.get(
-            raw, (TerminationReason.UNKNOWN, SolutionStatus.NO_SOLUTION))
-        if raw not in STATUS_TABLE:
-            logger.warning("solver %s returned unknown status %r", name, raw)
-        attempts.append({"solver": name, "status": raw, "seconds": round(elapsed, 4)})
-        best = (name, termination, status)
+        termination, status = _run(economy, name, remaining, attempts, timings)
+        last = (name, termination, status)
         if status is SolutionStatus.OPTIMAL:
-            break
+            result = _result(economy, name, termination, status, attempts, timings, time_limit)
+            if not check:
+                return result
+            report = check_solution(economy, result, tolerances)
+            attempts[-1]["checks"] = "passed" if report.passed else "failed"
+            result.checks = report.as_dict()
+            if report.passed:
+                return result
+            logger.warning("solver %s: optimality checks failed (%s); trying the next solver",
+                           name, report.violations[0])
+            unchecked = unchecked or (name, report)
+            continue
         if termination in (TerminationReason.INFEASIBLE, TerminationReason.UNBOUNDED):
             break  # a proof from one solver is not overturned by the next
-        logger.warning("solver %s returned %s; trying the next solver", name, raw)
+        logger.warning("solver %s returned %s; trying the next solver", name, attempts[-1]["status"])
 
-    if best is None:
+    if unchecked is not None:
+        return _unchecked_result(economy, unchecked, attempts, timings, time_limit)
+    if last is None:
         raise SolveError("no solver could be run; installed: " + ", ".join(sorted(installed)))
-    name, termination, status = best
-    return _result(economy, name, termination, status, attempts, timings)
+    name, termination, status = last
+    result = _result(economy, name, termination, status, attempts, timings, time_limit)
+    if termination is TerminationReason.INFEASIBLE:
+        result.diagnosis = diagnose_infeasibility(economy).as_dict()
+        result.message = result.diagnosis["message"]
+    elif termination in (TerminationReason.UNBOUNDED, TerminationReason.NUMERICAL_ERROR):
+        directions = unbounded_directions(economy)
+        if directions:
+            result.diagnosis = {"kind": "unbounded", "message": "; ".join(directions),
+                                "directions": directions}
+            result.message = "welfare has no attained optimum: " + "; ".join(directions)
+    return result
 
 
-def _result(economy, name, termination, status, attempts, timings) -> Result:
+def _run(economy, name, time_limit, attempts, timings) -> tuple[TerminationReason, SolutionStatus]:
+    """Run one solver and record the attempt; return its translated status."""
+    options = dict(SOLVER_SETTINGS.get(name, {}))
+    if time_limit is not None:
+        if name in TIME_LIMIT_OPTION:
+            options[TIME_LIMIT_OPTION[name]] = float(time_limit)
+        else:
+            logger.warning("solver %s takes no time limit; its iteration limit applies", name)
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            # An inaccurate status is handled below; CVXPY's own warning would repeat it.
+            warnings.simplefilter("ignore", UserWarning)
+            economy.problem.solve(solver=name, **options)
+        raw = economy.problem.status
+    except cp.SolverError as error:
+        raw = cp.SOLVER_ERROR
+        logger.warning("solver %s failed: %s", name, error)
+    elapsed = time.perf_counter() - started
+    stats = economy.problem.solver_stats
+    solve_time = stats.solve_time if stats is not None and stats.solve_time else None
+    compile_time = economy.problem.compilation_time or 0.0
+    timings.compile += compile_time
+    timings.solve += solve_time if solve_time is not None else max(elapsed - compile_time, 0.0)
+    if raw not in STATUS_TABLE:
+        logger.warning("solver %s returned unknown status %r", name, raw)
+    termination, status = STATUS_TABLE.get(raw, (TerminationReason.UNKNOWN, SolutionStatus.NO_SOLUTION))
+    if time_limit is not None and status is not SolutionStatus.OPTIMAL and elapsed >= 0.9 * time_limit:
+        termination = TerminationReason.LIMIT
+    attempts.append({"solver": name, "status": raw, "seconds": round(elapsed, 4)})
+    return termination, status
+
+
+def _unchecked_result(economy, unchecked, attempts, timings, time_limit) -> Result:
+    """Re-solve with the first solver that reached optimal status though its checks failed."""
+    name, report = unchecked
+    if attempts[-1]["solver"] != name or attempts[-1].get("checks") != "failed":
+        termination, status = _run(economy, name, time_limit, attempts, timings)
+    else:
+        termination, status = TerminationReason.OPTIMAL, SolutionStatus.OPTIMAL
+    result = _result(economy, name, termination, status, attempts, timings, time_limit)
+    result.checks = report.as_dict()
+    result.message = (f"every solver failed the optimality checks; reporting {name}, whose status "
+                      f"was optimal. First violation: {report.violations[0]}")
+    logger.warning(result.message)
+    return result
+
+
+def _result(economy, name, termination, status, attempts, timings, time_limit=None) -> Result:
     label = f"{name} {_version(name)}".strip()
     if status is SolutionStatus.NO_SOLUTION:
         return Result(termination, status, None, None, label, timings=timings, attempts=attempts,
-                      message=f"{name} reported {attempts[-1]['status']}")
+                      time_limit=time_limit, message=f"{name} reported {attempts[-1]['status']}")
     scale = economy.welfare_scale
     welfare = float(economy.problem.value) * scale
     parts = {
@@ -128,11 +198,15 @@ def _result(economy, name, termination, status, attempts, timings) -> Result:
             parts[f"market.{spec.name}"] = -float(np.sum(spec.price * spec.weight * usage))
     reason = None if status is SolutionStatus.OPTIMAL else (
         f"{name} returned an uncertified solution ({attempts[-1]['status']}); "
-        "tighten the solver tolerances or try another solver with --solver")
+        "raise --time-limit, tighten the solver tolerances or try another solver with --solver")
     prices = read_prices(economy, certified=reason is None, reason=reason)
     bound = welfare if status is SolutionStatus.OPTIMAL else None
+    message = reason or ""
+    if termination is TerminationReason.LIMIT:
+        message = f"stopped at the time limit of {time_limit:g} s; " + message
     return Result(termination, status, welfare, bound, label, prices=prices,
-                  welfare_parts=parts, timings=timings, attempts=attempts)
+                  welfare_parts=parts, timings=timings, attempts=attempts,
+                  time_limit=time_limit, message=message)
 
 
 def read_prices(economy: Economy, certified: bool = True, reason: str | None = None) -> list[Price]:

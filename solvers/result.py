@@ -97,6 +97,12 @@ class Result:
         Solver name and version that produced the numbers.
     attempts:
         Each solver tried, with its raw status, in order.
+    time_limit:
+        Seconds allowed to each solver, when a limit was set.
+    checks:
+        Outcome of the optimality checks run after the solve.
+    diagnosis:
+        For an infeasible or unbounded instance: the cause in the instance's terms.
     """
 
     termination: TerminationReason
@@ -109,6 +115,9 @@ class Result:
     timings: Timings = field(default_factory=Timings)
     attempts: list[dict] = field(default_factory=list)
     message: str = ""
+    time_limit: float | None = None
+    checks: dict | None = None
+    diagnosis: dict | None = None
 
     @property
     def gap(self) -> float | None:

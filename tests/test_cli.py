@@ -88,7 +88,14 @@ def test_infeasible_exit_code():
                  "--set", "markets.risk.budget=1")
     assert result.exit_code == 3
     assert "infeasible" in result.output
-    assert "risk (budget)" in result.output
+    assert "raise markets.risk.budget to at least" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_uncertified_exit_code():
+    result = run("solve", CODING_AGENT, "--solver", "CLARABEL", "--time-limit", "0.0001")
+    assert result.exit_code == 3 or result.exit_code == 4
+    assert "time limit" in result.output
 
 
 def test_validate_ok():
@@ -136,3 +143,29 @@ def test_console_script_entry_point():
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert "valid" in completed.stdout
+
+
+def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
+    from tokenomy.solvers import report
+
+    target = tmp_path / "report.json"
+    target.write_text("old", encoding="utf-8")
+
+    def interrupted(source, destination):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_atomic(target, "new and longer text")
+    assert target.read_text(encoding="utf-8") == "old"
+    assert [path.name for path in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_rerun_into_same_directory_is_idempotent(tmp_path):
+    out = tmp_path / "run"
+    assert run("solve", WORKED_EXAMPLE, "--out", out).exit_code == 0
+    first = {path.name: path.read_text() for path in out.iterdir() if path.suffix == ".csv"}
+    assert run("solve", WORKED_EXAMPLE, "--out", out).exit_code == 0
+    second = {path.name: path.read_text() for path in out.iterdir() if path.suffix == ".csv"}
+    assert first == second
+    assert sorted(path.name for path in out.iterdir()) == sorted([*first, "report.json"])

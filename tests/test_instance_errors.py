@@ -290,3 +290,21 @@ def test_file_size_limit(tmp_path, monkeypatch, worked):
     monkeypatch.setattr(loader, "MAX_FILE_BYTES", 100)
     error, message = error_for(write(tmp_path, worked))
     assert "larger than the limit of 100 bytes" in message
+
+
+def test_badly_scaled_field_warns(caplog, worked):
+    worked["tasks"]["other"] = dict(worked["tasks"]["request"], volume=1e-6)
+    worked["tasks"]["request"]["volume"] = 1e4
+    worked["defer"] = {"enabled": True}
+    with caplog.at_level("WARNING", logger="tokenomy.model.loader"):
+        load_instance(worked)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("values of tasks.*.volume span 1e-06 (tasks.other.volume) to 1e+04 (tasks.request.volume)"
+               in message for message in messages), messages
+
+
+def test_shipped_instances_do_not_warn(caplog):
+    with caplog.at_level("WARNING", logger="tokenomy.model.loader"):
+        load_instance(CODING_AGENT)
+        load_instance(WORKED_EXAMPLE)
+    assert not caplog.records

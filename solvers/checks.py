@@ -1,0 +1,103 @@
+"""Optimality checks run after every solve.
+
+A solver's ``optimal`` status means its own residuals are small in its own
+scaling. These checks restate optimality in the economy's terms: market rows
+are feasible, every price times its slack is about zero, and the
+equimarginal residuals vanish for options in use and are non-positive for
+the others (see :mod:`tokenomy.solvers.analysis`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..model.economy import Economy
+from .analysis import equimarginal
+from .result import Result
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Tolerances of the optimality checks.
+
+    Attributes
+    ----------
+    feasibility:
+        Largest violation of a market row or layer constraint, as a share of
+        the row's scale (the solver's view).
+    slackness:
+        Largest ``|price * slack|`` as a share of ``max(|welfare|, 1)``.
+    residual_relative, residual_absolute:
+        An equimarginal residual counts as zero within
+        ``relative * |marginal cost| + absolute[kind]``.
+    """
+
+    feasibility: float = 1e-6
+    slackness: float = 1e-5
+    residual_relative: float = 2e-3
+    residual_absolute: dict[str, float] = field(default_factory=lambda: {
+        "token": 1e-9, "review": 1e-6, "training": 1e-9, "route": 1e-3, "defer": 1e-3})
+
+
+@dataclass
+class CheckReport:
+    """Outcome of the optimality checks on one solution."""
+
+    passed: bool
+    feasibility: float
+    slackness: float
+    residual: float
+    violations: list[str]
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed, "max_infeasibility": self.feasibility,
+                "max_slackness": self.slackness, "max_residual_excess": self.residual,
+                "violations": self.violations}
+
+
+def check_solution(economy: Economy, result: Result, tolerances: Tolerances | None = None) -> CheckReport:
+    """Check feasibility, complementary slackness and equimarginal residuals.
+
+    ``residual`` is the largest excess of a residual over its tolerance
+    (negative when every residual is within tolerance).
+    """
+    tolerances = tolerances or Tolerances()
+    violations: list[str] = []
+
+    feasibility = 0.0
+    for constraint, name in zip(economy.problem.constraints, _constraint_names(economy), strict=True):
+        violation = float(np.max(np.atleast_1d(constraint.violation()), initial=0.0))
+        feasibility = max(feasibility, violation)
+        if violation > tolerances.feasibility:
+            violations.append(f"constraint {name} is violated by {violation:.3g} (scaled)")
+
+    slackness = 0.0
+    scale = max(abs(result.welfare or 0.0), 1.0)
+    for price in result.prices:
+        if price.mode in ("budget", "balance") and price.price is not None and price.slack is not None:
+            share = abs(price.price * price.slack) / scale
+            slackness = max(slackness, share)
+            if share > tolerances.slackness:
+                violations.append(f"{price.row}: price {price.price:.4g} times slack "
+                                  f"{price.slack:.4g} is {share:.3g} of welfare")
+
+    worst = -np.inf
+    for row in equimarginal(economy, result):
+        allowed = (tolerances.residual_relative * abs(row["marginal_cost"])
+                   + tolerances.residual_absolute.get(row["kind"], 1e-6))
+        excess = (abs(row["residual"]) if row["used"] else row["residual"]) - allowed
+        worst = max(worst, excess)
+        if excess > 0:
+            violations.append(f"equimarginal {row['kind']} {row['task']}/{row['model']}/{row['use']}: "
+                              f"residual {row['residual']:.4g} exceeds {allowed:.3g}")
+
+    residual = float(worst) if np.isfinite(worst) else 0.0
+    return CheckReport(not violations, feasibility, slackness, residual, violations[:20])
+
+
+def _constraint_names(economy: Economy) -> list[str]:
+    names = list(economy.builder.constraint_names)
+    names += [f"market {name}" for name in economy.market_constraints]
+    return names
