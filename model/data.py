@@ -43,6 +43,7 @@ class EconomyData:
     sla: np.ndarray
     sla_path: list[str | None]
     reuse: np.ndarray
+    cache_quality_loss: np.ndarray
     defer_enabled: np.ndarray
     defer_success: np.ndarray
     defer_cost: np.ndarray
@@ -138,6 +139,7 @@ def _task_arrays(instance: Instance, tasks: list[str]) -> dict[str, np.ndarray]:
         "context": np.array([t.context_tokens for t in items]),
         "loss": np.array([t.loss for t in items]),
         "reuse": np.array([t.prefix_reuse for t in items]),
+        "cache_quality_loss": np.array([t.cache_quality_loss for t in items]),
     }
 
 

@@ -170,7 +170,6 @@ class Economy:
             return True
         except StructureChanged as change:
             logger.info("structure changed (%s); rebuilding the problem", change)
-            self.layers = [type(layer)() for layer in self.layers]
             self._build(instance, prices or {}, offsets or {}, reuse=None)
             return False
 

@@ -200,6 +200,21 @@ class Builder:
             return cp.Constant(0.0)
         return terms[0] if len(terms) == 1 else cp.sum(cp.hstack(terms))
 
+    def linear(self, quantity: str, scale: np.ndarray | float = 1.0,
+               layers: set[str] | None = None) -> cp.Expression:
+        """Return ``quantity / scale`` as a constant-coefficient expression, registering nothing.
+
+        ``layers`` keeps only the contributions of those layers.
+        """
+        target = self.quantities[quantity]
+        row_scale = np.broadcast_to(np.asarray(scale, dtype=float), (target.size,))
+        terms = [sp.csr_matrix(sp.diags(1.0 / row_scale) @ part.aggregate @ sp.diags(part.coefficient))
+                 @ self.variables[part.variable]
+                 for part in target.contributions if layers is None or part.layer in layers]
+        if not terms:
+            return cp.Constant(np.zeros(target.size))
+        return terms[0] if len(terms) == 1 else cp.sum(terms)
+
     def evaluate(self, quantity: str) -> np.ndarray:
         """Return the unscaled value of a quantity at the current variable values."""
         target = self.quantities[quantity]
@@ -209,6 +224,17 @@ class Builder:
             if value is not None:
                 total += part.aggregate @ (part.coefficient * value)
         return total
+
+    def evaluate_by_layer(self, quantity: str) -> dict[str, np.ndarray]:
+        """Return the unscaled value of a quantity split by contributing layer."""
+        target = self.quantities[quantity]
+        totals: dict[str, np.ndarray] = {}
+        for part in target.contributions:
+            value = self.variables[part.variable].value
+            if value is not None:
+                share = part.aggregate @ (part.coefficient * value)
+                totals[part.layer] = totals.get(part.layer, np.zeros(target.size)) + share
+        return totals
 
     def layers_of(self, quantity: str) -> list[str]:
         """Return the layers that contribute to a quantity, in declaration order."""

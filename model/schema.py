@@ -111,6 +111,10 @@ class Task(Strict):
     prefix_reuse: Probability = Field(
         0.0, description="Share of context tokens in prefixes a cache can reuse."
     )
+    cache_quality_loss: Probability = Field(
+        0.0, description="Drop in success probability of a request whose prefix is served "
+        "from a shared cache (a stale or mismatched prefix)."
+    )
     group: Name | None = Field(None, description="Task group used to look up model quality.")
     tenant: Name | None = Field(None, description="Owner of the task (informational).")
     defer: DeferOption | None = Field(None, description="Overrides the top-level defer option.")
@@ -163,13 +167,29 @@ class Use(Strict):
 
 
 class DelayCurve(Strict):
-    """Queueing delay of a pool phase: waiting ``scale * load / (capacity - load)`` seconds per token."""
+    """Queueing delay of a pool phase, in seconds per token.
 
-    curve: Literal["mm1"] = "mm1"
-    scale: Positive = Field(description="Delay scale d (seconds).")
+    ``mm1``: ``scale * load / (capacity - load)``. ``polynomial``:
+    ``free_flow + slope * (load / capacity) ** power``; the BPR curve
+    ``t0 * (1 + a * x ** k)`` is ``free_flow = t0``, ``slope = t0 * a``, ``power = k``.
+    """
+
+    curve: Literal["mm1", "polynomial"] = "mm1"
+    scale: Positive | None = Field(None, description="mm1: delay scale d (seconds).")
+    free_flow: NonNegative = Field(0.0, description="polynomial: delay at zero load (seconds).")
+    slope: NonNegative = Field(0.0, description="polynomial: added delay at full load (seconds).")
+    power: Annotated[float, Field(ge=1.0, le=10.0)] = Field(
+        1.0, description="polynomial: exponent k of the load ratio."
+    )
     value_of_time: NonNegative = Field(
         description="Cost of one request-second of waiting (USD)."
     )
+
+    @model_validator(mode="after")
+    def _curve_fields(self) -> DelayCurve:
+        if self.curve == "mm1" and self.scale is None:
+            raise ValueError("an mm1 delay curve needs 'scale' (seconds)")
+        return self
 
 
 class Pool(Strict):
@@ -209,6 +229,12 @@ class Training(Strict):
     )
     price: NonNegative = Field(description="USD per million training tokens.")
     tokens_per_gpu_second: Positive
+    depreciation: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        0.0, description="Share of capability lost per period."
+    )
+    rollout_lag: NonNegative = Field(
+        0.0, description="Periods between generating rollouts and deploying what they teach."
+    )
 
 
 class Capital(Strict):
@@ -262,3 +288,7 @@ class Instance(Strict):
     pools: dict[Name, Pool] = Field(default_factory=dict)
     capital: Capital = Field(default_factory=Capital)
     markets: dict[Name, Market] = Field(default_factory=dict)
+    views: dict[Literal["router", "agent", "serving", "capital"], list[str]] = Field(
+        default_factory=dict,
+        description="Prices each layer sees in a siloed run; omitted layers keep the defaults.",
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .errors import MISSING, FieldProblem
 from .schema import CobbDouglasCurve, ConstantCurve, Instance, LeontiefCurve, SaturatingCurve
+from .views import VIEW_KEYS
 
 SINGLE_MARKET_KINDS = ("compute", "latency", "risk", "oversight", "gpu")
 
@@ -28,6 +29,18 @@ def cross_check(instance: Instance) -> list[FieldProblem]:
     problems += _check_pools(instance)
     problems += _check_markets(instance)
     problems += _check_tasks(instance)
+    problems += _check_views(instance)
+    return problems
+
+
+def _check_views(instance: Instance) -> list[FieldProblem]:
+    problems = []
+    for layer, keys in instance.views.items():
+        unknown = sorted(set(keys) - VIEW_KEYS)
+        if unknown:
+            problems.append(FieldProblem(
+                f"views.{layer}", keys, f"names unknown prices {', '.join(unknown)}",
+                "use any of " + ", ".join(sorted(VIEW_KEYS))))
     return problems
 
 

@@ -118,6 +118,18 @@ def token_marginal_cost(economy: Economy, prices: PriceVector) -> np.ndarray:
     return cost
 
 
+def context_marginal_cost(economy: Economy, prices: PriceVector) -> np.ndarray:
+    """Full marginal cost of one routed request's prompt context, per option (USD)."""
+    data = economy.data
+    tasks, models = data.option_task, data.option_model
+    cost = data.context[tasks] * ((1 + prices.compute) * data.price_input[models]
+                                  + prices.latency[tasks] * data.seconds_per_input[models])
+    if data.pools:
+        pool = data.model_pool[models]
+        cost = cost + np.where(pool >= 0, data.context[tasks] * prices.prefill[np.maximum(pool, 0)], 0.0)
+    return cost
+
+
 def review_marginal_cost(economy: Economy, prices: PriceVector) -> np.ndarray:
     """Full marginal cost of one review minute of each review use per option (USD)."""
     data = economy.data
@@ -219,16 +231,10 @@ def _route_rows(economy: Economy, prices: PriceVector) -> list[dict]:
     cost = token_marginal_cost(economy, prices)
     effort, _ = _success_state(economy, tau)
     exponent = _risk_state(economy, tau, minutes)
-    tasks, models = data.option_task, data.option_model
+    tasks = data.option_task
     exposed = np.isin(np.arange(data.option_count), _agent(economy).index.risk_options)
     loss_rate = np.where(exposed, data.loss[tasks] * data.wrong_action, 0.0)
-    context_cost = data.context[tasks] * (
-        (1 + prices.compute) * data.price_input[models]
-        + prices.latency[tasks] * data.seconds_per_input[models])
-    if data.pools:
-        pool = data.model_pool[models]
-        context_cost = context_cost + np.where(
-            pool >= 0, data.context[tasks] * prices.prefill[np.maximum(pool, 0)], 0.0)
+    context_cost = context_marginal_cost(economy, prices)
     cache_credit = _cache_credit(economy)
 
     rows = []
@@ -333,7 +339,9 @@ def _training_rows(economy: Economy, prices: PriceVector) -> list[dict]:
     weights = weights / weights.sum()
     amount = builder.variables["training"].value
     effort = float(np.exp(np.sum(weights * np.log(np.maximum(amount, 1e-300)))))
-    gain = training.value * training.max_gain * training.rate * np.exp(-training.rate * effort)
+    capital = next(layer for layer in economy.layers if layer.name == "capital")
+    staleness = getattr(capital, "staleness", 1.0) or 1.0
+    gain = training.value * training.max_gain * staleness * training.rate * np.exp(-training.rate * effort)
     pool = data.pools.index(training.pool)
     rows = []
     for i, name in enumerate(inputs):

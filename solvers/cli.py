@@ -23,6 +23,10 @@ from ..model.errors import InstanceError, TokenomyError
 from ..model.generate import generate_instance
 from ..model.loader import apply_overrides, load_instance, parse_override, read_document
 from ..model.schema import Instance
+from ..model.views import resolve_views
+from .compare import run_comparison
+from .congestion import flat_pricing_equilibrium
+from .failures import Thresholds
 from .joint import FALLBACK_ORDER, solve
 from .report import build_report, to_json, write_atomic, write_outputs
 from .result import Result, SolutionStatus, TerminationReason
@@ -157,6 +161,157 @@ def sweep_command(
         table.add_row(f"{point.value:g}", point.status,
                       "-" if point.welfare is None else f"{point.welfare:,.4f}", main, binding or "-")
     console.print(table)
+
+
+ViewOption = Annotated[list[str] | None, typer.Option(
+    "--view", help="Prices a layer sees, e.g. router=value,compute,latency (repeatable; "
+    "overrides the instance's views).")]
+
+
+@app.command("compare")
+def compare_command(
+    file: Annotated[Path, typer.Argument(help="Instance file.")],
+    set_: SetOption = None,
+    view: ViewOption = None,
+    attribution: Annotated[bool, typer.Option(
+        "--attribution", help="Attribute the gap to each hidden price (Shapley; 2^k siloed runs).")] = False,
+    threshold: Annotated[list[str] | None, typer.Option(
+        "--threshold", help="Failure-mode threshold, e.g. surplus=0.05 (surplus, marginal, "
+        "shortfall, utilization; shares).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the full comparison as JSON.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Write compare.json into this directory.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Draw welfare, gap by layer and attribution to this PNG.")] = None,
+    verbose: VerboseOption = 0,
+) -> None:
+    """Run each layer with only its price view and compare with the global optimum."""
+    _configure_logging(verbose)
+    try:
+        instance = load_instance(file, set_ or [])
+        views = resolve_views(instance.views, _parse_views(view or []))
+        thresholds = _parse_thresholds(threshold or [])
+        report = run_comparison(Economy(instance), views, thresholds, attribution)
+    except (TokenomyError, ValueError) as error:
+        if isinstance(error, TokenomyError):
+            raise _fail(error) from None
+        errors.print(f"invalid option: {error}", markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "compare.json", json.dumps(report, indent=2))
+    if plot is not None:
+        from .plots import plot_comparison
+
+        plot_comparison(report, plot)
+    if json_output:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_comparison(report)
+
+
+@app.command("congestion")
+def congestion_command(
+    file: Annotated[Path, typer.Argument(help="Instance file with at least one pool delay curve.")],
+    set_: SetOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Compare flat per-token pricing (user equilibrium) with congestion pricing (system optimum)."""
+    try:
+        instance = load_instance(file, set_ or [])
+        result = flat_pricing_equilibrium(instance)
+    except TokenomyError as error:
+        raise _fail(error) from None
+    if json_output:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(f"delay cost at the system optimum: {result['delay_cost_optimum']:,.6g} USD per period")
+    console.print(f"delay cost at the flat-pricing equilibrium: {result['delay_cost_equilibrium']:,.6g} USD per period")
+    if result["delay_cost_ratio"] is not None:
+        console.print(f"ratio (price of anarchy of flat pricing): {result['delay_cost_ratio']:.4f}")
+    table = Table(title="congestion prices at the system optimum")
+    for column in ("pool", "phase", "util. optimum", "util. flat", "price (USD/token)", "own delay", "toll"):
+        table.add_column(column)
+    for row in result["pools"]:
+        table.add_row(row["pool"], row["phase"], _percent(row["utilization_optimum"]),
+                      _percent(row["utilization_equilibrium"]), f"{row['congestion_price']:.4g}",
+                      f"{row['own_delay_cost']:.4g}", f"{row['toll']:.4g}")
+    console.print(table)
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _parse_views(items: list[str]) -> dict[str, list[str]]:
+    views = {}
+    for item in items:
+        layer, separator, keys = item.partition("=")
+        if not separator:
+            raise ValueError(f"--view {item!r} is not of the form LAYER=PRICE,PRICE")
+        views[layer.strip()] = [key.strip() for key in keys.split(",") if key.strip()]
+    return views
+
+
+def _parse_thresholds(items: list[str]) -> Thresholds:
+    values = {}
+    for item in items:
+        name, separator, number = item.partition("=")
+        if not separator or name not in Thresholds.__dataclass_fields__:
+            raise ValueError(f"--threshold {item!r}: use NAME=SHARE with NAME one of "
+                             + ", ".join(Thresholds.__dataclass_fields__))
+        values[name] = float(number)
+    return Thresholds(**values)
+
+
+def _print_comparison(report: dict) -> None:
+    console.print(f"[bold]{escape(report['instance'] or 'instance')}[/bold]: siloed versus global")
+    console.print(f"global welfare: {report['global_welfare']:,.4f} USD per period")
+    console.print(f"siloed welfare: {report['siloed_welfare']:,.4f} USD per period")
+    console.print(f"gap: {report['gap']:,.4f} USD per period ({report['gap_percent']:.2f}%)")
+    views = Table(title="price views")
+    views.add_column("layer")
+    views.add_column("sees")
+    for layer, keys in report["views"].items():
+        views.add_row(layer, ", ".join(keys))
+    console.print(views)
+    layers = Table(title="gap by layer (global minus siloed welfare, USD per period)")
+    layers.add_column("layer")
+    layers.add_column("gap", justify="right")
+    for layer, gap in report["gap_by_layer"].items():
+        layers.add_row(layer, f"{gap:,.4f}")
+    console.print(layers)
+    if report["overruns"]:
+        overruns = Table(title="budgets the siloed allocation overruns")
+        for column in ("market", "budget", "usage", "excess", "unit"):
+            overruns.add_column(column)
+        for row in report["overruns"]:
+            overruns.add_row(escape(row["market"]), f"{row['rhs']:,.4g}", f"{row['usage']:,.4g}",
+                             f"{row['excess']:,.4g}", row["unit"])
+        console.print(overruns)
+    modes = Table(title="failure modes detected")
+    modes.add_column("mode")
+    modes.add_column("where")
+    modes.add_column("numbers")
+    for row in report["failure_modes"]:
+        where = row.get("task") or row.get("pool") or "training"
+        numbers = ", ".join(f"{key}={value:.4g}" for key, value in row.items()
+                            if isinstance(value, float))
+        modes.add_row(row["mode"], escape(str(where)), escape(numbers))
+    console.print(modes if report["failure_modes"] else "failure modes detected: none")
+    attribution = report.get("attribution")
+    if attribution:
+        shares = Table(title="gap attributed to hidden prices (Shapley, USD per period)")
+        shares.add_column("price")
+        shares.add_column("share", justify="right")
+        shares.add_column("revealed alone", justify="right")
+        for price in attribution["prices"]:
+            shares.add_row(price, f"{attribution['shapley'][price]:,.4f}",
+                           f"{attribution['single_reveal'][price]:,.4f}")
+        console.print(shares)
+        console.print(f"the single price that recovers the most welfare: {attribution['best_single_price']}")
+    equilibrium = report.get("serving_equilibrium")
+    if equilibrium and equilibrium.get("delay_cost_ratio"):
+        console.print(f"queueing cost, flat pricing over congestion pricing: "
+                      f"{equilibrium['delay_cost_ratio']:.4f}")
 
 
 @app.command()

@@ -57,6 +57,7 @@ def agent_index(data: EconomyData, with_risk: bool) -> AgentIndex:
 
 class Agent:
     name = "agent"
+    decisions = ("tokens", "review")
 
     def declare(self, builder: Builder, data: EconomyData, instance: Instance) -> None:
         with_risk = any(m.kind == "risk" for m in instance.markets.values())

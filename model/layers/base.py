@@ -18,9 +18,15 @@ USAGE = "usage."
 
 
 class Layer(Protocol):
-    """A component of the economy: declares variables, constraints and contributions."""
+    """A component of the economy: declares variables, constraints and contributions.
+
+    ``decisions`` names the variables the layer chooses; its other variables
+    (epigraphs of curves and delays) follow from those choices. A siloed run
+    fixes each layer's decisions in turn.
+    """
 
     name: str
+    decisions: tuple[str, ...]
 
     def declare(self, builder: Builder, data: EconomyData, instance: Instance) -> None:
         """Add this layer's variables, own constraints and linear contributions."""

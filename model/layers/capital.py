@@ -26,8 +26,11 @@ from .base import usage, welfare
 
 class Capital:
     name = "capital"
+    decisions = ("cached", "cache_size", "training")
 
     def declare(self, builder: Builder, data: EconomyData, instance: Instance) -> None:
+        self.cache_index = self.training_inputs = None
+        self.staleness = 1.0
         if instance.capital.cache:
             self._define_cache(builder, data, instance)
         if instance.capital.training is not None:
@@ -80,6 +83,13 @@ class Capital:
                            size=len(data.pools), unit="tokens")
         cost = np.array([s.cost * s.size_scale for s in settings])
         builder.contribute(welfare("cache"), self.name, "cache_size", -cost)
+
+        # A request served from a shared prefix loses cache_quality_loss of its
+        # success probability; cached / prefix_reuse is the share of requests hit.
+        loss = data.cache_quality_loss[tasks[k]]
+        if np.any(loss > 0):
+            worth = data.volume[tasks[k]] * data.value[tasks[k]] * loss / data.reuse[tasks[k]]
+            builder.contribute(welfare("cache_quality"), self.name, "cached", -worth)
         self.cache_index = (cacheable, caches, np.array([s.size_scale for s in settings]))
 
     def _define_training(self, builder, data, instance) -> None:
@@ -105,8 +115,11 @@ class Capital:
             capability + miss <= 1,
         ])
 
+        # Capability taught by rollouts generated rollout_lag periods ago has
+        # depreciated by (1 - depreciation) ** rollout_lag when it is deployed.
+        self.staleness = (1.0 - training.depreciation) ** training.rollout_lag
         builder.contribute(welfare("capability"), self.name, "capability",
-                           training.value * training.max_gain)
+                           training.value * training.max_gain * self.staleness)
         spend = scales * training.price * PER_MILLION
         builder.contribute(welfare("compute"), self.name, "training", -spend)
         builder.contribute(usage("compute"), self.name, "training", spend, unit="USD")

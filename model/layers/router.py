@@ -24,6 +24,7 @@ from .base import usage, welfare
 
 class Router:
     name = "router"
+    decisions = ("route", "defer")
 
     def declare(self, builder: Builder, data: EconomyData, instance: Instance) -> None:
         tasks, models = data.option_task, data.option_model

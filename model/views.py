@@ -1,0 +1,61 @@
+"""Price views: which prices each layer sees when it optimises on its own.
+
+The defaults follow Zhu, "Agentic AI Systems Should Be Designed as Marginal
+Token Allocators" (arXiv 2605.01214, Table 1): the router sees task value and
+compute cost, the agent risk and task value, serving latency and compute
+cost, capital compute cost and risk. Each layer also sees the markets it
+manages itself (oversight for the agent; GPUs and pool loads for serving and
+capital).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+LAYER_ORDER = ("router", "agent", "serving", "capital")
+"""Order in which a request meets the layers, and in which a siloed run executes them."""
+
+VIEW_KEYS = frozenset({"value", "capability", "compute", "latency", "risk", "oversight",
+                       "gpu", "prefill", "decode", "kv", "resource"})
+"""Prices a view may contain.
+
+``value`` is the task values (and the quality a shared cache costs them),
+``capability`` the depreciated value of training, ``latency`` the latency SLA
+price and the cost of queueing delay, ``resource`` every resource market; the
+others are market kinds.
+"""
+
+DEFAULT_VIEWS: dict[str, frozenset[str]] = {
+    "router": frozenset({"value", "compute"}),
+    "agent": frozenset({"value", "risk", "oversight"}),
+    "serving": frozenset({"latency", "compute", "gpu", "prefill", "decode", "kv"}),
+    "capital": frozenset({"compute", "risk", "gpu"}),
+}
+
+
+def resolve_views(*overrides: Mapping[str, object] | None) -> dict[str, frozenset[str]]:
+    """Return the default views with each ``{layer: [keys]}`` mapping applied in turn.
+
+    Raises
+    ------
+    ValueError
+        For an unknown layer or price name, naming the allowed ones.
+    """
+    views = dict(DEFAULT_VIEWS)
+    for override in overrides:
+        for layer, keys in (override or {}).items():
+            if layer not in DEFAULT_VIEWS:
+                raise ValueError(f"unknown layer {layer!r} in a price view; "
+                                 f"use one of {', '.join(LAYER_ORDER)}")
+            keys = [keys] if isinstance(keys, str) else list(keys)
+            unknown = sorted(set(keys) - VIEW_KEYS)
+            if unknown:
+                raise ValueError(f"unknown price {', '.join(unknown)} in the view of {layer}; "
+                                 f"use any of {', '.join(sorted(VIEW_KEYS))}")
+            views[layer] = frozenset(keys)
+    return views
+
+
+def full_views() -> dict[str, frozenset[str]]:
+    """Return views in which every layer sees every price."""
+    return {layer: VIEW_KEYS for layer in LAYER_ORDER}

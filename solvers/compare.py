@@ -1,0 +1,206 @@
+"""The siloed-versus-global report: gaps, differences, failure modes, attribution."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..model.economy import Economy
+from ..model.views import DEFAULT_VIEWS, LAYER_ORDER
+from .analysis import USED, review_minutes_per_request, tokens_per_request
+from .congestion import flat_pricing_equilibrium
+from .failures import Thresholds, detect
+from .report import _clean
+from .siloed import PHYSICAL_KINDS, Comparison, compare
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTRIBUTION_PRICES = 7
+"""Most hidden prices for an exact Shapley attribution (2**7 siloed runs)."""
+
+
+def compare_report(economy: Economy, comparison: Comparison, failures: list[dict],
+                   attribution: dict | None = None) -> dict:
+    """Return the comparison as JSON-ready data."""
+    global_state, siloed_state = comparison.global_state, comparison.siloed_state
+    prices = {price.row: price.price for price in comparison.global_result.prices}
+    layers = sorted(set(global_state.welfare_by_layer) | set(siloed_state.welfare_by_layer))
+    report = {
+        "instance": economy.instance.name,
+        "views": {layer: sorted(comparison.views.get(layer, ())) for layer in LAYER_ORDER},
+        "global_welfare": global_state.welfare,
+        "siloed_welfare": siloed_state.welfare,
+        "gap": comparison.gap,
+        "gap_percent": 100.0 * comparison.gap_share,
+        "units": {"welfare": "USD per period", "gap_by_market.value": "USD per period at equilibrium prices"},
+        "gap_by_layer": {layer: global_state.welfare_by_layer.get(layer, 0.0)
+                         - siloed_state.welfare_by_layer.get(layer, 0.0) for layer in layers},
+        "gap_by_part": {part: global_state.welfare_parts.get(part, 0.0) - siloed_state.welfare_parts.get(part, 0.0)
+                        for part in sorted(set(global_state.welfare_parts) | set(siloed_state.welfare_parts))},
+        "gap_by_market": _gap_by_market(economy, comparison, prices),
+        "overruns": comparison.overruns,
+        "differences": _differences(economy, comparison),
+        "failure_modes": failures,
+        "attribution": attribution,
+    }
+    return _clean(report)
+
+
+def _gap_by_market(economy: Economy, comparison: Comparison, prices: Mapping[str, float]) -> list[dict]:
+    """Value at equilibrium prices of each market's extra usage in the siloed run."""
+    rows = []
+    for spec in economy.markets:
+        if spec.mode in ("price", "equality") or spec.name not in comparison.siloed_state.usage:
+            continue
+        for i, label in enumerate(spec.labels):
+            before = float(comparison.global_state.usage[spec.name][i])
+            after = float(comparison.siloed_state.usage[spec.name][i])
+            price = prices.get(label) or 0.0
+            if abs(after - before) <= 1e-9 * max(spec.scale[i], 1.0):
+                continue
+            rows.append({"market": label, "price": price, "unit": spec.price_unit,
+                         "usage_global": before, "usage_siloed": after,
+                         "value": price * (after - before)})
+    return sorted(rows, key=lambda row: -abs(row["value"]))
+
+
+def _differences(economy: Economy, comparison: Comparison) -> dict:
+    data = economy.data
+    global_vars, siloed_vars = comparison.global_state.variables, comparison.siloed_state.variables
+    routing = [{"task": task, "model": model, "global": float(global_vars["route"][k]),
+                "siloed": float(siloed_vars["route"][k])}
+               for k in range(data.option_count) for task, model in [data.option_label(k)]
+               if abs(global_vars["route"][k] - siloed_vars["route"][k]) > 1e-3]
+    routing += [{"task": task, "model": "defer", "global": float(global_vars["defer"][x]),
+                 "siloed": float(siloed_vars["defer"][x])}
+                for x, task in enumerate(data.tasks)
+                if abs(global_vars["defer"][x] - siloed_vars["defer"][x]) > 1e-3]
+
+    tokens = []
+    states = {}
+    for label, state in (("global", comparison.global_state), ("siloed", comparison.siloed_state)):
+        _load(economy, state)
+        states[label] = (tokens_per_request(economy), review_minutes_per_request(economy))
+    _load(economy, comparison.global_state)
+    for k in range(data.option_count):
+        if max(global_vars["route"][k], siloed_vars["route"][k]) <= USED:
+            continue
+        task, model = data.option_label(k)
+        for a, use in enumerate(data.uses):
+            before, after = states["global"][0][k, a], states["siloed"][0][k, a]
+            if np.isfinite(before) or np.isfinite(after):
+                tokens.append({"task": task, "model": model, "use": use, "unit": "tokens",
+                               "global": _finite(before), "siloed": _finite(after)})
+        for h, use in enumerate(data.reviews):
+            before, after = states["global"][1][k, h], states["siloed"][1][k, h]
+            if before > 0 or after > 0:
+                tokens.append({"task": task, "model": model, "use": use, "unit": "minutes",
+                               "global": float(before), "siloed": float(after)})
+
+    pools = []
+    for p, pool in enumerate(data.pools):
+        for phase in ("prefill", "decode"):
+            pools.append({"pool": pool, "phase": phase,
+                          "utilization_global": _utilization(global_vars, phase, p),
+                          "utilization_siloed": _utilization(siloed_vars, phase, p),
+                          "gpus_global": float(global_vars[f"gpus_{phase}"][p]),
+                          "gpus_siloed": float(siloed_vars[f"gpus_{phase}"][p])})
+    capital = {}
+    for name in ("cache_size", "cached", "training"):
+        if name in global_vars:
+            capital[name] = {"global": global_vars[name].tolist(), "siloed": siloed_vars[name].tolist()}
+    return {"routing": routing, "tokens": tokens, "pools": pools, "capital": capital}
+
+
+def attribute(economy: Economy, comparison: Comparison,
+              max_prices: int = MAX_ATTRIBUTION_PRICES) -> dict:
+    """Attribute the welfare gap to each hidden price by exact Shapley shares.
+
+    A coalition of prices is revealed to every layer on top of its view, and
+    the siloed run is repeated. A price's share is its average marginal
+    contribution to siloed welfare over all orders of revealing; the shares
+    add up to the welfare the full reveal recovers.
+    """
+    hidden = _relevant_hidden(economy, comparison.views)
+    if len(hidden) > max_prices:
+        raise ValueError(f"{len(hidden)} hidden prices ({', '.join(hidden)}) need "
+                         f"{2 ** len(hidden)} siloed runs; the limit is {max_prices} prices")
+    welfare: dict[frozenset[str], float] = {}
+    for size in range(len(hidden) + 1):
+        for coalition in itertools.combinations(hidden, size):
+            revealed = frozenset(coalition)
+            views = {layer: frozenset(view) | revealed for layer, view in comparison.views.items()}
+            run = compare(economy, views, comparison.global_result)
+            welfare[revealed] = run.siloed_state.welfare
+            logger.info("revealing %s: siloed welfare %.6g", sorted(revealed) or "nothing", welfare[revealed])
+
+    count = len(hidden)
+    shares = {}
+    for price in hidden:
+        others = [item for item in hidden if item != price]
+        total = 0.0
+        for size in range(count):
+            weight = math.factorial(size) * math.factorial(count - size - 1) / math.factorial(count)
+            for coalition in itertools.combinations(others, size):
+                base = frozenset(coalition)
+                total += weight * (welfare[base | {price}] - welfare[base])
+        shares[price] = total
+    nothing = welfare[frozenset()]
+    single = {price: welfare[frozenset({price})] - nothing for price in hidden}
+    best = max(single, key=single.get) if single else None
+    return {
+        "prices": list(hidden),
+        "shapley": shares,
+        "single_reveal": single,
+        "best_single_price": best,
+        "recovered_by_full_reveal": welfare[frozenset(hidden)] - nothing,
+        "unit": "USD per period",
+    }
+
+
+def _relevant_hidden(economy: Economy, views: Mapping[str, frozenset[str]]) -> list[str]:
+    """Prices some layer cannot see and that can change a siloed decision."""
+    relevant = {"value"}
+    kinds = {spec.kind for spec in economy.markets if spec.mode != "equality"}
+    relevant |= {kind for kind in kinds if kind not in PHYSICAL_KINDS}
+    if any(pool.delay is not None for pool in economy.instance.pools.values()):
+        relevant.add("latency")
+    training = economy.instance.capital.training
+    if training is not None and training.depreciation > 0 and training.rollout_lag > 0:
+        relevant.add("capability")
+    seen_by_all = set.intersection(*(set(views.get(layer, DEFAULT_VIEWS[layer])) for layer in LAYER_ORDER))
+    return sorted(relevant - seen_by_all)
+
+
+def run_comparison(economy: Economy, views=None, thresholds: Thresholds | None = None,
+                   with_attribution: bool = False) -> dict:
+    """Compare, detect failure modes, optionally attribute, and return the report.
+
+    When a pool has a delay curve, the report also holds the flat-pricing
+    equilibrium of the serving market next to the system optimum.
+    """
+    comparison = compare(economy, views)
+    failures = detect(economy, comparison, thresholds)
+    attribution = attribute(economy, comparison) if with_attribution else None
+    report = compare_report(economy, comparison, failures, attribution)
+    if any(pool.delay is not None for pool in economy.instance.pools.values()):
+        report["serving_equilibrium"] = _clean(flat_pricing_equilibrium(economy.instance))
+    return report
+
+
+def _load(economy: Economy, state) -> None:
+    for name, value in state.variables.items():
+        economy.builder.variables[name].value = value
+
+
+def _utilization(variables, phase: str, pool: int) -> float | None:
+    gpus, load = variables[f"gpus_{phase}"][pool], variables[f"load_{phase}"][pool]
+    return float(load / gpus) if gpus > 1e-6 else None
+
+
+def _finite(value) -> float | None:
+    return float(value) if np.isfinite(value) else None

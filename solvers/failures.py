@@ -1,0 +1,266 @@
+"""Failure modes: where a siloed allocation breaks the equimarginal rule at true prices.
+
+Each detector reads the realised (siloed) allocation against the global
+equilibrium prices and the global allocation, and reports the numbers that
+triggered it. A failure mode is the symptom of one price a layer could not
+see:
+
+==================== =========================================================
+name                 test on the realised allocation (at equilibrium prices)
+==================== =========================================================
+over-routing         a cheaper model would earn more surplus per request
+                     than the model the router chose
+under-routing        a stronger model would earn more surplus per request
+over-delegation      one more review minute is worth more than it costs, yet
+                     fewer minutes are bought than at the optimum
+under-verification   one more verification token is worth more than it costs,
+                     yet fewer are bought than at the optimum
+serving congestion   a pool runs at a utilisation or queueing delay well above
+                     the optimum's
+stale rollouts       capability lost to depreciation over the rollout lag
+                     exceeds the marginal gain of the rollout tokens bought
+cache misuse         a task is served from a shared prefix cache although the
+                     quality it loses is worth more than the prefill it saves
+==================== =========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..model.economy import Economy
+from .analysis import (
+    _best_response_value,
+    _training_rows,
+    context_marginal_cost,
+    price_vector,
+    review_marginal_cost,
+    review_minutes_per_request,
+    token_marginal_cost,
+    tokens_per_request,
+)
+
+FAILURE_MODES = ("over-routing", "under-routing", "over-delegation", "under-verification",
+                 "serving congestion", "stale rollouts", "cache misuse")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """How far the realised allocation must stray before a failure mode is reported.
+
+    Attributes
+    ----------
+    surplus:
+        Routing: the better option's surplus per request must exceed the
+        chosen one's by this share of the chosen surplus (and by 0.01 USD).
+    marginal:
+        Verification and review: benefit minus cost of one more unit, as a
+        share of its cost.
+    shortfall:
+        Verification and review: the realised amount must fall short of the
+        optimum's by this share.
+    utilization:
+        Serving: utilisation above the optimum's by this many points (0.1 =
+        10 points), or queueing delay above it by this factor minus one.
+    """
+
+    surplus: float = 0.02
+    marginal: float = 0.05
+    shortfall: float = 0.1
+    utilization: float = 0.1
+
+
+def detect(economy: Economy, comparison, thresholds: Thresholds | None = None) -> list[dict]:
+    """Return the failure modes of the siloed allocation, one dict per task or pool."""
+    thresholds = thresholds or Thresholds()
+    found: list[dict] = []
+    state = comparison.siloed_state
+    _load(economy, state)
+    prices = price_vector(economy, comparison.global_result)
+    found += _routing(economy, prices, thresholds)
+    found += _verification(economy, comparison, prices, thresholds)
+    found += _congestion(economy, comparison, thresholds)
+    found += _capital(economy, comparison, prices, thresholds)
+    _load(economy, comparison.global_state)
+    return found
+
+
+def _load(economy: Economy, state) -> None:
+    for name, value in state.variables.items():
+        economy.builder.variables[name].value = value
+
+
+def _routing(economy: Economy, prices, thresholds: Thresholds) -> list[dict]:
+    data = economy.data
+    route = economy.builder.variables["route"].value
+    cost = token_marginal_cost(economy, prices)
+    exposed = np.isin(np.arange(data.option_count), _agent(economy).index.risk_options)
+    loss_rate = np.where(exposed, data.loss[data.option_task] * data.wrong_action, 0.0)
+    context = context_marginal_cost(economy, prices)
+    surplus = np.array([
+        _best_response_value(economy, prices, k, cost[k], loss_rate[k]) - context[k]
+        for k in range(data.option_count)])
+    unit_price = data.price_input + data.price_output
+
+    found = []
+    for x, task in enumerate(data.tasks):
+        options = np.flatnonzero(data.option_task == x)
+        if not len(options) or route[options].max() < 0.5:
+            continue
+        chosen = options[np.argmax(route[options])]
+        margin = thresholds.surplus * abs(surplus[chosen]) + 0.01
+        for k in options:
+            gain = surplus[k] - surplus[chosen]
+            if k == chosen or gain <= margin:
+                continue
+            cheaper = unit_price[data.option_model[k]] < unit_price[data.option_model[chosen]]
+            stronger = data.max_success[k] > data.max_success[chosen]
+            name = "over-routing" if cheaper else "under-routing" if stronger else None
+            if name is None:
+                continue
+            found.append({
+                "mode": name, "task": task, "chosen": data.models[data.option_model[chosen]],
+                "better": data.models[data.option_model[k]],
+                "surplus_chosen": float(surplus[chosen]), "surplus_better": float(surplus[k]),
+                "gain_per_request": float(gain), "unit": "USD per request",
+            })
+    return found
+
+
+def _verification(economy: Economy, comparison, prices, thresholds: Thresholds) -> list[dict]:
+    data = economy.data
+    agent = _agent(economy)
+    route = economy.builder.variables["route"].value
+    siloed_tokens = tokens_per_request(economy)
+    siloed_minutes = review_minutes_per_request(economy)
+    _load(economy, comparison.global_state)
+    global_tokens = tokens_per_request(economy)
+    global_minutes = review_minutes_per_request(economy)
+    _load(economy, comparison.siloed_state)
+
+    cost = token_marginal_cost(economy, prices)
+    review_cost = review_marginal_cost(economy, prices)
+    exponent = np.zeros(data.option_count)
+    for a in np.flatnonzero(np.isfinite(data.risk_scale)):
+        exponent += np.nan_to_num(siloed_tokens[:, a]) / data.risk_scale[a]
+    for h in range(len(data.reviews)):
+        exponent += siloed_minutes[:, h] / data.review_risk_scale[h]
+    exposure = prices.risk * data.loss[data.option_task] * data.wrong_action * np.exp(-exponent)
+
+    found = []
+    for k in agent.index.risk_options:
+        if route[k] <= 0.01:
+            continue
+        task, model = data.option_label(int(k))
+        for a in np.flatnonzero(np.isfinite(data.risk_scale)):
+            realised, optimum = np.nan_to_num(siloed_tokens[k, a]), np.nan_to_num(global_tokens[k, a])
+            benefit = exposure[k] / data.risk_scale[a]
+            if data.in_curve[k, a]:
+                continue  # a use that also raises quality is judged by the token rows
+            if (benefit - cost[k, a] > thresholds.marginal * cost[k, a]
+                    and realised < (1 - thresholds.shortfall) * optimum):
+                found.append({"mode": "under-verification", "task": task, "model": model,
+                              "use": data.uses[a], "tokens_per_request": float(realised),
+                              "optimal_tokens_per_request": float(optimum),
+                              "marginal_benefit": float(benefit), "marginal_cost": float(cost[k, a]),
+                              "unit": "USD per token"})
+        for h, use in enumerate(data.reviews):
+            benefit = exposure[k] / data.review_risk_scale[h]
+            realised, optimum = siloed_minutes[k, h], global_minutes[k, h]
+            if (benefit - review_cost[k, h] > thresholds.marginal * review_cost[k, h]
+                    and realised < (1 - thresholds.shortfall) * optimum):
+                found.append({"mode": "over-delegation", "task": task, "model": model, "use": use,
+                              "review_minutes_per_request": float(realised),
+                              "optimal_review_minutes_per_request": float(optimum),
+                              "marginal_benefit": float(benefit),
+                              "marginal_cost": float(review_cost[k, h]), "unit": "USD per minute"})
+    return found
+
+
+def _congestion(economy: Economy, comparison, thresholds: Thresholds) -> list[dict]:
+    found = []
+    for p, pool in enumerate(economy.data.pools):
+        delay = economy.instance.pools[pool].delay
+        for phase in ("prefill", "decode"):
+            realised = _utilization(comparison.siloed_state, phase, p)
+            optimum = _utilization(comparison.global_state, phase, p)
+            if realised is None or optimum is None:
+                continue
+            wait_realised = delay.scale * realised / (1 - realised) if delay and realised < 1 else None
+            wait_optimum = delay.scale * optimum / (1 - optimum) if delay and optimum < 1 else None
+            busier = realised > optimum + thresholds.utilization
+            slower = (wait_realised is not None and wait_optimum is not None and wait_optimum > 0
+                      and wait_realised > (1 + thresholds.utilization) * wait_optimum
+                      and realised > optimum)
+            if busier or slower:
+                found.append({"mode": "serving congestion", "pool": pool, "phase": phase,
+                              "utilization": realised, "optimal_utilization": optimum,
+                              "waiting_per_token": wait_realised,
+                              "optimal_waiting_per_token": wait_optimum, "unit": "seconds per token"})
+    return found
+
+
+def _capital(economy: Economy, comparison, prices, thresholds: Thresholds) -> list[dict]:
+    return _stale_rollouts(economy, comparison, prices, thresholds) + _cache_misuse(
+        economy, comparison, prices, thresholds)
+
+
+def _stale_rollouts(economy: Economy, comparison, prices, thresholds: Thresholds) -> list[dict]:
+    training = economy.instance.capital.training
+    if training is None or "training" not in comparison.siloed_state.variables:
+        return []
+    inputs = list(training.weights)
+    if "rollout" not in inputs:
+        return []
+    i = inputs.index("rollout")
+    realised = float(comparison.siloed_state.variables["training"][i] * training.scales["rollout"])
+    optimum = float(comparison.global_state.variables["training"][i] * training.scales["rollout"])
+    row = next(row for row in _training_rows(economy, prices) if row["use"] == "rollout")
+    lost = 1.0 - (1.0 - training.depreciation) ** training.rollout_lag
+    if (row["marginal_benefit"] < (1 - thresholds.marginal) * row["marginal_cost"]
+            and realised > (1 + thresholds.shortfall) * optimum and lost > 0):
+        return [{"mode": "stale rollouts", "rollout_tokens": realised, "optimal_rollout_tokens": optimum,
+                 "capability_lost_over_lag": lost, "marginal_benefit": row["marginal_benefit"],
+                 "marginal_cost": row["marginal_cost"], "unit": "USD per token"}]
+    return []
+
+
+def _cache_misuse(economy: Economy, comparison, prices, thresholds: Thresholds) -> list[dict]:
+    capital = next((layer for layer in economy.layers if layer.name == "capital"), None)
+    index = getattr(capital, "cache_index", None)
+    if index is None or "cached" not in comparison.siloed_state.variables:
+        return []
+    data = economy.data
+    cacheable = index[0]
+    realised = comparison.siloed_state.variables["cached"]
+    optimum = comparison.global_state.variables["cached"]
+    found = []
+    for j, k in enumerate(cacheable):
+        x, m = data.option_task[k], data.option_model[k]
+        if data.cache_quality_loss[x] <= 0 or realised[j] <= optimum[j] + 1e-3 * data.reuse[x]:
+            continue
+        loss = data.value[x] * data.cache_quality_loss[x] / data.reuse[x]
+        pool = data.model_pool[m]
+        saving = data.context[x] * ((data.price_input[m] - data.price_cached[m]) * (1 + prices.compute)
+                                    + prices.prefill[pool])
+        if loss > (1 + thresholds.marginal) * saving:
+            task, model = data.option_label(int(k))
+            found.append({"mode": "cache misuse", "task": task, "model": model,
+                          "cached_share": float(realised[j]), "optimal_cached_share": float(optimum[j]),
+                          "quality_loss_per_unit": float(loss), "prefill_saving_per_unit": float(saving),
+                          "unit": "USD per request share served from the cache"})
+    return found
+
+
+def _utilization(state, phase: str, pool: int) -> float | None:
+    gpus = state.variables.get(f"gpus_{phase}")
+    load = state.variables.get(f"load_{phase}")
+    if gpus is None or load is None or gpus[pool] <= 1e-6:
+        return None
+    return float(load[pool] / gpus[pool])
+
+
+def _agent(economy: Economy):
+    return next(layer for layer in economy.layers if layer.name == "agent")
