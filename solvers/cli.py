@@ -28,6 +28,7 @@ from .compare import run_comparison
 from .congestion import flat_pricing_equilibrium
 from .failures import Thresholds
 from .joint import FALLBACK_ORDER, solve
+from .policies import parse_policy
 from .report import build_report, to_json, write_atomic, write_outputs
 from .result import Result, SolutionStatus, TerminationReason
 from .sweep import parse_vary, sweep
@@ -173,6 +174,9 @@ def compare_command(
     file: Annotated[Path, typer.Argument(help="Instance file.")],
     set_: SetOption = None,
     view: ViewOption = None,
+    policy: Annotated[list[str] | None, typer.Option(
+        "--policy", help="Layer policy preset, e.g. frontier-default, cost-min:0.8, token-min:0.9, "
+        "throughput-max, hit-rate-max, rollout-max (repeatable).")] = None,
     attribution: Annotated[bool, typer.Option(
         "--attribution", help="Attribute the gap to each hidden price (Shapley; 2^k siloed runs).")] = False,
     threshold: Annotated[list[str] | None, typer.Option(
@@ -189,7 +193,8 @@ def compare_command(
         instance = load_instance(file, set_ or [])
         views = resolve_views(instance.views, _parse_views(view or []))
         thresholds = _parse_thresholds(threshold or [])
-        report = run_comparison(Economy(instance), views, thresholds, attribution)
+        policies = dict(parse_policy(item) for item in policy or [])
+        report = run_comparison(Economy(instance), views, thresholds, attribution, policies)
     except (TokenomyError, ValueError) as error:
         if isinstance(error, TokenomyError):
             raise _fail(error) from None

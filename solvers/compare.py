@@ -32,6 +32,7 @@ def compare_report(economy: Economy, comparison: Comparison, failures: list[dict
     report = {
         "instance": economy.instance.name,
         "views": {layer: sorted(comparison.views.get(layer, ())) for layer in LAYER_ORDER},
+        "policies": comparison.policy_names,
         "global_welfare": global_state.welfare,
         "siloed_welfare": siloed_state.welfare,
         "gap": comparison.gap,
@@ -134,7 +135,7 @@ def attribute(economy: Economy, comparison: Comparison,
         for coalition in itertools.combinations(hidden, size):
             revealed = frozenset(coalition)
             views = {layer: frozenset(view) | revealed for layer, view in comparison.views.items()}
-            run = compare(economy, views, comparison.global_result)
+            run = compare(economy, views, comparison.global_result, comparison.policies)
             welfare[revealed] = run.siloed_state.welfare
             logger.info("revealing %s: siloed welfare %.6g", sorted(revealed) or "nothing", welfare[revealed])
 
@@ -177,13 +178,13 @@ def _relevant_hidden(economy: Economy, views: Mapping[str, frozenset[str]]) -> l
 
 
 def run_comparison(economy: Economy, views=None, thresholds: Thresholds | None = None,
-                   with_attribution: bool = False) -> dict:
+                   with_attribution: bool = False, policies=None) -> dict:
     """Compare, detect failure modes, optionally attribute, and return the report.
 
     When a pool has a delay curve, the report also holds the flat-pricing
     equilibrium of the serving market next to the system optimum.
     """
-    comparison = compare(economy, views)
+    comparison = compare(economy, views, policies=policies)
     failures = detect(economy, comparison, thresholds)
     attribution = attribute(economy, comparison) if with_attribution else None
     report = compare_report(economy, comparison, failures, attribution)

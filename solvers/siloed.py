@@ -70,6 +70,12 @@ class Comparison:
     global_state: Realised
     siloed_state: Realised
     overruns: list[dict] = field(default_factory=list)
+    policies: Mapping[str, object] | None = None
+
+    @property
+    def policy_names(self) -> dict[str, str]:
+        return {layer: getattr(policy, "label", getattr(policy, "__name__", "custom"))
+                for layer, policy in (self.policies or {}).items()}
 
     @property
     def gap(self) -> float:
@@ -81,10 +87,13 @@ class Comparison:
 
 
 def compare(economy: Economy, views: Mapping[str, frozenset[str]] | None = None,
-            global_result: Result | None = None) -> Comparison:
+            global_result: Result | None = None, policies: Mapping[str, object] | None = None,
+            ) -> Comparison:
     """Solve globally, run the layers siloed, and evaluate both allocations.
 
     ``views`` defaults to the instance's ``views`` over the default views.
+    ``policies`` maps a layer to a policy from :mod:`tokenomy.solvers.policies`
+    that replaces its view-restricted optimisation.
 
     Raises
     ------
@@ -103,7 +112,8 @@ def compare(economy: Economy, views: Mapping[str, frozenset[str]] | None = None,
     fixed: dict[str, np.ndarray] = {}
     for layer in _layers_in_order(economy):
         view = views.get(layer.name, frozenset())
-        _solve_step(economy, view, prices, fixed, f"siloed {layer.name} step")
+        policy = (policies or {}).get(layer.name)
+        _solve_step(economy, view, prices, fixed, f"siloed {layer.name} step", policy)
         for name in layer.decisions:
             if name in economy.builder.variables:
                 fixed[name] = np.array(economy.builder.variables[name].value)
@@ -113,7 +123,7 @@ def compare(economy: Economy, views: Mapping[str, frozenset[str]] | None = None,
     siloed_state = _snapshot(economy)
     overruns = _overruns(economy, siloed_state)
     _restore(economy, global_state)
-    return Comparison(views, result, global_state, siloed_state, overruns)
+    return Comparison(views, result, global_state, siloed_state, overruns, policies)
 
 
 def _layers_in_order(economy: Economy):
@@ -126,8 +136,11 @@ def _sees(view: frozenset[str], spec) -> bool:
     return spec.kind in view or (spec.kind == "resource" and "resource" in view)
 
 
-def _solve_step(economy: Economy, view, prices, fixed, label: str) -> None:
-    """Maximise welfare as seen through ``view`` with ``fixed`` decisions held."""
+def _solve_step(economy: Economy, view, prices, fixed, label: str, policy=None) -> None:
+    """Maximise welfare as seen through ``view`` with ``fixed`` decisions held.
+
+    A ``policy`` adds its constraints and may replace the objective.
+    """
     builder, scale = economy.builder, economy.welfare_scale
     terms = []
     for name in sorted(builder.quantities):
@@ -160,6 +173,11 @@ def _solve_step(economy: Economy, view, prices, fixed, label: str) -> None:
     for name, value in fixed.items():
         constraints.append(builder.variables[name] == value)
     objective = cp.Maximize(sum(cp.sum(term) for term in terms))
+    if policy is not None:
+        step = policy(economy)
+        constraints += step.constraints
+        if step.objective is not None:
+            objective = cp.Maximize(step.objective)
     _run(cp.Problem(objective, constraints), label)
 
 

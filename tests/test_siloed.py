@@ -190,3 +190,81 @@ def test_congestion_cli():
     result = CliRunner().invoke(app, ["congestion", str(INSTANCES / "pigou.yaml"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["delay_cost_ratio"] == pytest.approx(4 / 3, rel=1e-3)
+
+
+def test_frontier_default_policy_routes_to_strongest():
+    from tokenomy.solvers.policies import parse_policy
+
+    economy = Economy(load_instance(FAILURES / "over_routing.yaml", ["markets.latency.price=0"]))
+    layer, policy = parse_policy("frontier-default")
+    comparison = compare(economy, policies={layer: policy})
+    route = comparison.siloed_state.variables["route"]
+    assert layer == "router"
+    np.testing.assert_allclose(route, [0.0, 1.0], atol=1e-6)
+    # Without a latency price frontier is also the optimum, so the policy costs nothing.
+    assert comparison.gap == pytest.approx(0.0, abs=1e-3)
+
+
+def test_cost_min_policy_picks_cheapest_above_floor():
+    from tokenomy.solvers.policies import parse_policy
+
+    economy = Economy(load_instance(FAILURES / "under_routing.yaml"))
+    layer, policy = parse_policy("cost-min:0.85")
+    comparison = compare(economy, policies={layer: policy})
+    np.testing.assert_allclose(comparison.siloed_state.variables["route"], [0.0, 1.0], atol=1e-6)
+    assert comparison.gap == pytest.approx(0.0, abs=1e-3)
+
+
+def test_token_min_policy_reaches_target_success():
+    from tokenomy.solvers.policies import parse_policy
+
+    economy = Economy(load_instance(FAILURES / "serving_congestion.yaml"))
+    layer, policy = parse_policy("token-min:0.5")
+    comparison = compare(economy, policies={layer: policy})
+    variables = comparison.siloed_state.variables
+    # Success is exactly half of max_success: shortfall = 0.5 * route.
+    assert variables["shortfall"][0] == pytest.approx(0.5 * variables["route"][0], rel=1e-4)
+
+
+def test_throughput_policy_equalises_utilisation():
+    from tokenomy.solvers.policies import parse_policy
+
+    economy = Economy(load_instance(CODING_AGENT))
+    layer, policy = parse_policy("throughput-max")
+    variables = compare(economy, policies={layer: policy}).siloed_state.variables
+    # pool-small has no cache, so its load is what the router and agent committed.
+    prefill = variables["load_prefill"][0] / variables["gpus_prefill"][0]
+    decode = variables["load_decode"][0] / variables["gpus_decode"][0]
+    assert prefill == pytest.approx(decode, rel=2e-2)
+
+
+def test_hit_rate_policy_buys_largest_cache():
+    from tokenomy.solvers.policies import parse_policy
+
+    economy = Economy(load_instance(FAILURES / "cache_misuse.yaml"))
+    layer, policy = parse_policy("hit-rate-max")
+    variables = compare(economy, policies={layer: policy}).siloed_state.variables
+    assert variables["cache_size"][0] * 50 == pytest.approx(1000, rel=1e-6)
+
+
+def test_rollout_policy_uses_more_training():
+    from tokenomy.solvers.policies import parse_policy
+
+    economy = Economy(load_instance(FAILURES / "stale_rollouts.yaml"))
+    layer, policy = parse_policy("rollout-max")
+    comparison = compare(economy, policies={layer: policy})
+    siloed = comparison.siloed_state.variables["training"]
+    optimum = comparison.global_state.variables["training"]
+    assert np.all(siloed > optimum)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("fastest", "unknown policy 'fastest'"),
+    ("cost-min", "needs a share"),
+    ("token-min:1.5", "is not a share"),
+])
+def test_bad_policy_rejected(text, message):
+    from tokenomy.solvers.policies import parse_policy
+
+    with pytest.raises(ValueError, match=message):
+        parse_policy(text)
