@@ -118,7 +118,7 @@ def _cost_min(floor: float) -> Policy:
 
 def _token_min(target: float) -> Policy:
     def policy(economy: Economy) -> Step:
-        builder, data = economy.builder, economy.data
+        builder = economy.builder
         if "shortfall" not in builder.variables:
             return Step([])
         agent = next(layer for layer in economy.layers if layer.name == "agent")
