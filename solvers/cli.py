@@ -272,6 +272,8 @@ def _print_comparison(report: dict) -> None:
     console.print(f"global welfare: {report['global_welfare']:,.4f} USD per period")
     console.print(f"siloed welfare: {report['siloed_welfare']:,.4f} USD per period")
     console.print(f"gap: {report['gap']:,.4f} USD per period ({report['gap_percent']:.2f}%)")
+    console.print(f"gap with budget overruns charged at equilibrium prices: "
+                  f"{report['priced_gap']:,.4f} USD per period")
     views = Table(title="price views")
     views.add_column("layer")
     views.add_column("sees")
@@ -304,7 +306,7 @@ def _print_comparison(report: dict) -> None:
     console.print(modes if report["failure_modes"] else "failure modes detected: none")
     attribution = report.get("attribution")
     if attribution:
-        shares = Table(title="gap attributed to hidden prices (Shapley, USD per period)")
+        shares = Table(title="priced gap attributed to hidden prices (Shapley, USD per period)")
         shares.add_column("price")
         shares.add_column("share", justify="right")
         shares.add_column("revealed alone", justify="right")

@@ -37,6 +37,8 @@ def compare_report(economy: Economy, comparison: Comparison, failures: list[dict
         "siloed_welfare": siloed_state.welfare,
         "gap": comparison.gap,
         "gap_percent": 100.0 * comparison.gap_share,
+        "siloed_priced_welfare": comparison.priced_welfare(siloed_state),
+        "priced_gap": comparison.priced_gap,
         "units": {"welfare": "USD per period", "gap_by_market.value": "USD per period at equilibrium prices"},
         "gap_by_layer": {layer: global_state.welfare_by_layer.get(layer, 0.0)
                          - siloed_state.welfare_by_layer.get(layer, 0.0) for layer in layers},
@@ -119,12 +121,13 @@ def _differences(economy: Economy, comparison: Comparison) -> dict:
 
 def attribute(economy: Economy, comparison: Comparison,
               max_prices: int = MAX_ATTRIBUTION_PRICES) -> dict:
-    """Attribute the welfare gap to each hidden price by exact Shapley shares.
+    """Attribute the priced gap to each hidden price by exact Shapley shares.
 
     A coalition of prices is revealed to every layer on top of its view, and
     the siloed run is repeated. A price's share is its average marginal
-    contribution to siloed welfare over all orders of revealing; the shares
-    add up to the welfare the full reveal recovers.
+    contribution to siloed priced welfare (welfare with budget overruns
+    charged at equilibrium prices) over all orders of revealing; the shares
+    add up to what the full reveal recovers, which is the priced gap.
     """
     hidden = _relevant_hidden(economy, comparison.views)
     if len(hidden) > max_prices:
@@ -136,7 +139,7 @@ def attribute(economy: Economy, comparison: Comparison,
             revealed = frozenset(coalition)
             views = {layer: frozenset(view) | revealed for layer, view in comparison.views.items()}
             run = compare(economy, views, comparison.global_result, comparison.policies)
-            welfare[revealed] = run.siloed_state.welfare
+            welfare[revealed] = run.priced_welfare(run.siloed_state)
             logger.info("revealing %s: siloed welfare %.6g", sorted(revealed) or "nothing", welfare[revealed])
 
     count = len(hidden)

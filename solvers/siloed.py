@@ -71,6 +71,8 @@ class Comparison:
     siloed_state: Realised
     overruns: list[dict] = field(default_factory=list)
     policies: Mapping[str, object] | None = None
+    markets: list = field(default_factory=list)
+    prices: dict[str, float] = field(default_factory=dict)
 
     @property
     def policy_names(self) -> dict[str, str]:
@@ -79,11 +81,31 @@ class Comparison:
 
     @property
     def gap(self) -> float:
+        """Global minus siloed welfare (USD per period); negative when overruns pay off."""
         return self.global_state.welfare - self.siloed_state.welfare
 
     @property
     def gap_share(self) -> float:
         return self.gap / max(abs(self.global_state.welfare), 1e-12)
+
+    def priced_welfare(self, state: Realised) -> float:
+        """Welfare plus every constraint row's slack valued at its equilibrium price.
+
+        This is the Lagrangian at the equilibrium prices. An overrun budget
+        costs its price per unit of excess, so no allocation scores above
+        the global optimum, whose priced welfare equals its welfare.
+        """
+        total = state.welfare
+        for spec in self.markets:
+            if spec.is_constraint and spec.mode != "equality" and spec.name in state.usage:
+                prices = np.array([self.prices.get(label) or 0.0 for label in spec.labels])
+                total += float(np.sum(prices * (spec.rhs - state.usage[spec.name])))
+        return total
+
+    @property
+    def priced_gap(self) -> float:
+        """Global welfare minus the siloed priced welfare; never negative up to solver accuracy."""
+        return self.global_state.welfare - self.priced_welfare(self.siloed_state)
 
 
 def compare(economy: Economy, views: Mapping[str, frozenset[str]] | None = None,
@@ -123,7 +145,8 @@ def compare(economy: Economy, views: Mapping[str, frozenset[str]] | None = None,
     siloed_state = _snapshot(economy)
     overruns = _overruns(economy, siloed_state)
     _restore(economy, global_state)
-    return Comparison(views, result, global_state, siloed_state, overruns, policies)
+    return Comparison(views, result, global_state, siloed_state, overruns, policies,
+                      list(economy.markets), prices)
 
 
 def _layers_in_order(economy: Economy):

@@ -268,3 +268,14 @@ def test_bad_policy_rejected(text, message):
 
     with pytest.raises(ValueError, match=message):
         parse_policy(text)
+
+
+@pytest.mark.parametrize("path", [CODING_AGENT, *sorted(FAILURES.glob("*.yaml"))],
+                         ids=lambda path: path.stem)
+def test_priced_gap_is_never_negative(path):
+    """No allocation beats the optimum once budget overruns are charged at equilibrium prices."""
+    report = run_comparison(Economy(load_instance(path)))
+    assert report["priced_gap"] >= -GAP_RTOL * max(abs(report["global_welfare"]), 1.0)
+    market_value = sum(row["value"] for row in report["gap_by_market"])
+    assert report["priced_gap"] == pytest.approx(report["gap"] + market_value,
+                                                 rel=1e-6, abs=1e-6 * abs(report["global_welfare"]))
