@@ -154,7 +154,7 @@ def sweep_command(
     table.add_column("status")
     table.add_column("welfare (USD/period)", justify="right")
     table.add_column("main route")
-    table.add_column("binding prices")
+    table.add_column("non-zero prices")
     for point in points:
         main = max(point.routing.items(), key=lambda item: item[1])[0] if point.routing else "-"
         binding = ", ".join(f"{row}={value:.4g}" for row, value in point.prices.items()
