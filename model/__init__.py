@@ -5,7 +5,7 @@ capital), the markets that couple them, and the joint convex program.
 """
 
 from .economy import Economy, default_layers
-from .errors import InfeasibleError, InstanceError, SolveError, TokenomyError, UnboundedError
+from .errors import DataError, InstanceError, SolveError, TokenomyError
 from .generate import generate_instance
 from .loader import load_instance, read_document, validate
 from .markets import MarketSpec, market_kinds, register_market_kind
@@ -14,13 +14,12 @@ from .schema import SCHEMA_VERSION, Instance
 __all__ = [
     "SCHEMA_VERSION",
     "Economy",
-    "InfeasibleError",
+    "DataError",
     "Instance",
     "InstanceError",
     "MarketSpec",
     "SolveError",
     "TokenomyError",
-    "UnboundedError",
     "default_layers",
     "generate_instance",
     "load_instance",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 
 import cvxpy as cp
@@ -59,8 +60,9 @@ class Economy:
     markets:
         Market specs, implicit (routing, serving loads, GPUs) and declared.
     problem:
-        The CVXPY problem; all data are Parameters, so :meth:`update`
-        re-solves without recompiling when the structure is unchanged.
+        The CVXPY problem. Uniform market prices and the right-hand sides of
+        markets with at most ``MAX_PARAMETER_ROWS`` rows are Parameters, so
+        :meth:`update` re-solves without recompiling when only those change.
     welfare_scale:
         USD per period that becomes 1 in the objective passed to the solver.
     """
@@ -79,6 +81,7 @@ class Economy:
     # -- construction -----------------------------------------------------
 
     def _build(self, instance, prices, offsets, reuse: Builder | None) -> None:
+        started = time.perf_counter()
         data = compile_data(instance)
         builder = Builder(reuse=reuse)
         for layer in self.layers:
@@ -112,6 +115,7 @@ class Economy:
         self.instance, self.data, self.builder = instance, data, builder
         self.markets = markets
         self.welfare_scale = welfare_scale
+        self.build_seconds = time.perf_counter() - started
 
     @staticmethod
     def _usage_rows(builder: Builder, spec: MarketSpec) -> cp.Expression:
@@ -160,9 +164,10 @@ class Economy:
     ) -> bool:
         """Load new data, prices or offsets into the compiled problem.
 
-        Returns ``True`` when the compiled problem was reused, ``False`` when the
-        structure changed (different options, markets or curve shapes) and the
-        problem was rebuilt.
+        Returns ``True`` when the compiled problem was reused, because only
+        Parameters changed (budgets, GPU counts, SLAs of up to
+        ``MAX_PARAMETER_ROWS`` tasks, uniform prices). Returns ``False`` when
+        any other number or the structure changed and the problem was rebuilt.
         """
         instance = instance or self.instance
         try:

@@ -72,14 +72,6 @@ class SolveError(TokenomyError):
     """The solver could not produce a usable solution."""
 
 
-class InfeasibleError(SolveError):
-    """No allocation satisfies every budget and capacity."""
-
-
-class UnboundedError(SolveError):
-    """Welfare can grow without limit; the instance misses a cost or a bound."""
-
-
 class DataError(TokenomyError):
     """A data file or a recipe cannot be imported.
 

@@ -8,11 +8,11 @@ and welfare part is linear in the variables, and all nonlinearity sits in
 the layers' cone constraints, duals of market rows are exactly the prices.
 
 What may change between solves without recompiling is held in CVXPY
-Parameters: the welfare coefficients (each an inner product with a
-variable), market prices and market right-hand sides. Everything else is a
-constant. Parameters multiplied elementwise into vector expressions are
-avoided on purpose: CVXPY (1.9) stores their DPP tensor with memory
-quadratic in the vector's length.
+Parameters: uniform market prices and the right-hand sides of markets with
+few rows (see ``Economy``). Everything else is a constant registered by
+name, so a changed value is detected. Parameter vectors are kept short on
+purpose: CVXPY (1.9) stores the DPP tensor of a parameter vector with
+memory that grows with its length times the problem size.
 
 A builder created with ``reuse=`` an earlier builder reuses that builder's
 variables and parameters, assigning new values, and raises
@@ -255,7 +255,8 @@ def geometric_mean_constraints(
     CVXPY (1.9) fails to stuff N-D power cones of different heights into one
     problem.
     """
-    weights = np.asarray(weights, dtype=float)
+    # Registered so that Economy.update rebuilds when a weight changes.
+    weights = builder.constant(f"{name}.weights", weights)
     accumulated, total = inputs[0], weights[0]
     constraints: list[cp.Constraint] = []
     for i in range(1, len(inputs)):

@@ -31,7 +31,8 @@ CURVE_TAGS = {"constant", "saturating", "cobb_douglas", "leontief"}
 def read_document(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON instance file into plain Python data.
 
-    YAML is parsed with ``yaml.safe_load``, so no object tags are executed.
+    YAML goes through a safe loader (see :func:`parse_document`), so no object
+    tags are executed.
     """
     path = Path(path)
     source = str(path)
@@ -45,7 +46,8 @@ def read_document(path: str | Path) -> dict[str, Any]:
     if size > MAX_FILE_BYTES:
         raise InstanceError(source, [FieldProblem(
             "(file)", f"{size} bytes", f"is larger than the limit of {MAX_FILE_BYTES} bytes",
-            "split per-request data into a referenced table or raise MAX_FILE_BYTES")])
+            "group identical requests into task classes, or raise "
+            "tokenomy.model.loader.MAX_FILE_BYTES")])
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
@@ -186,9 +188,11 @@ def apply_overrides(
     """Return a copy of ``data`` with each ``(dotted path, value)`` set.
 
     A missing section is created (``defer.enabled=true`` works on a file with
-    no ``defer``), but a name inside a named collection (tasks, models, uses,
-    pools, markets, quality tables, caches) must exist, so a misspelled name
-    is reported rather than added. A value of ``None`` removes the field.
+    no ``defer``). Inside a named collection (tasks, models, uses, pools,
+    markets, quality tables, caches) a path must go through an existing
+    name, so ``tasks.fix.value=3`` with a misspelled ``fix`` is reported;
+    a path that ends at a new name (``tasks.new={...}``) adds that entry.
+    A value of ``None`` removes the field.
     """
     result = copy.deepcopy(dict(data))
     for path, value in overrides:
@@ -199,7 +203,8 @@ def apply_overrides(
             if isinstance(node, dict) and part not in node and not _is_collection(parent):
                 node[part] = {}  # an optional section absent from the file, e.g. defer
             if not isinstance(node, dict) or part not in node:
-                known = ", ".join(sorted(node)) if isinstance(node, dict) else "(not a mapping)"
+                known = (", ".join(sorted(node)) or "(none yet)") if isinstance(node, dict) \
+                    else "(not a mapping)"
                 raise InstanceError(source, [FieldProblem(
                     path, value,
                     f"cannot be set because '{part}' is not an entry of {parent or '(top level)'}",
@@ -266,6 +271,11 @@ def load_instance(
 
 def _problem(error: Mapping[str, Any], data: Mapping[str, Any]) -> FieldProblem:
     location = [str(part) for part in error["loc"]]
+    if location and location[-1] == "[key]":
+        # An invalid name in a named collection: report the collection and the name.
+        return FieldProblem(".".join(location[:-2]) or "(top level)", location[-2] if len(location) > 1 else "",
+                            "contains an invalid name",
+                            "use letters, digits, '-' and '_' only (no dots or spaces)")
     location = [
         part for index, part in enumerate(location)
         if not (part in CURVE_TAGS and index >= 1 and _is_quality_entry(location[:index]))

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from .data import EconomyData
-from .layers.base import usage
+from .layers.base import resource_usage, usage
 from .schema import Instance
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def _oversight_market(name: str, instance: Instance, data: EconomyData) -> list[
 
 def _resource_market(name: str, instance: Instance, data: EconomyData) -> list[MarketSpec]:
     unit = instance.markets[name].unit or "unit"
-    return _scalar(name, instance, usage(name), unit, unit,
+    return _scalar(name, instance, resource_usage(name), unit, unit,
                    "resource use declared by agent-use footprints per period")
 
 
@@ -174,6 +174,10 @@ def _latency_market(name: str, instance: Instance, data: EconomyData) -> list[Ma
     if priced:
         spec.price = np.full(len(tasks), market.price)
         spec.scale = np.ones(len(tasks))
+        ignored = [data.tasks[x] for x in np.flatnonzero(np.isfinite(data.sla))]
+        if ignored:
+            logger.warning("markets.%s prices latency, so the latency_sla of %s is not enforced; "
+                           "remove the price to enforce the SLAs", name, ", ".join(ignored[:5]))
     else:
         spec.rhs = data.sla[tasks]
         spec.rhs_paths = [data.sla_path[x] for x in tasks]

@@ -8,6 +8,11 @@ from .views import VIEW_KEYS
 
 SINGLE_MARKET_KINDS = ("compute", "latency", "risk", "oversight", "gpu")
 
+RESERVED_MARKET_NAMES: dict[str, str | None] = {
+    "routing": None, "prefill": None, "decode": None, "kv": None, "gpu": "gpu", "latency": "latency",
+}
+"""Names of implicit markets; ``gpu`` and ``latency`` may name a market of that kind."""
+
 
 def curve_uses(curve: object) -> list[str]:
     """Return the agent uses a quality curve refers to."""
@@ -108,6 +113,13 @@ def _check_markets(instance: Instance) -> list[FieldProblem]:
     problems = []
     seen: dict[str, str] = {}
     for market_name, market in instance.markets.items():
+        reserved_for = RESERVED_MARKET_NAMES.get(market_name)
+        if market_name in RESERVED_MARKET_NAMES and market.kind != reserved_for:
+            problems.append(FieldProblem(
+                f"markets.{market_name}", market_name,
+                "is the name of a market tokenomy defines itself"
+                + (f" (kind {reserved_for})" if reserved_for else ""),
+                "give this market another name"))
         if market.kind in SINGLE_MARKET_KINDS:
             if market.kind in seen:
                 problems.append(FieldProblem(

@@ -12,26 +12,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..model.delay import delay_per_token
 from ..model.economy import Economy
 from ..model.errors import SolveError
 from ..model.layers.agent import Agent
 from ..model.layers.capital import Capital
 from ..model.layers.router import Router
 from ..model.layers.serving import Serving
-from ..model.schema import DelayCurve, Instance
+from ..model.schema import Instance
 from .joint import solve
 from .siloed import _evaluate, _layers_in_order, _snapshot
 
 IDLE_LOAD = 1e-6
 """Load or GPU count (GPU-equivalents) below which a pool phase counts as idle."""
-
-
-def delay_per_token(curve: DelayCurve, load: float, gpus: float) -> float:
-    """Return the queueing delay one token experiences (seconds) at a load and GPU count."""
-    if curve.curve == "mm1":
-        return curve.scale * load / (gpus - load) if gpus > load else float("inf")
-    ratio = load / gpus if gpus > 0 else (0.0 if load == 0 else float("inf"))
-    return curve.free_flow + curve.slope * ratio ** curve.power
 
 
 def flat_pricing_equilibrium(instance: Instance) -> dict:

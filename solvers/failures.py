@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model.delay import delay_per_token
 from ..model.economy import Economy
 from .analysis import (
     _best_response_value,
@@ -188,10 +189,10 @@ def _congestion(economy: Economy, comparison, thresholds: Thresholds) -> list[di
             optimum = _utilization(comparison.global_state, phase, p)
             if realised is None or optimum is None:
                 continue
-            wait_realised = delay.scale * realised / (1 - realised) if delay and realised < 1 else None
-            wait_optimum = delay.scale * optimum / (1 - optimum) if delay and optimum < 1 else None
+            wait_realised = delay_per_token(delay, realised, 1.0) if delay else None
+            wait_optimum = delay_per_token(delay, optimum, 1.0) if delay else None
             busier = realised > optimum + thresholds.utilization
-            slower = (wait_realised is not None and wait_optimum is not None and wait_optimum > 0
+            slower = (wait_realised is not None and wait_optimum is not None and 0 < wait_optimum < np.inf
                       and wait_realised > (1 + thresholds.utilization) * wait_optimum
                       and realised > optimum)
             if busier or slower:

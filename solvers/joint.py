@@ -82,7 +82,7 @@ def solve(
     order = [name.upper() for name in (solvers or FALLBACK_ORDER)]
     installed = set(cp.installed_solvers())
     attempts: list[dict] = []
-    timings = Timings()
+    timings = Timings(build=getattr(economy, "build_seconds", 0.0))
     last: tuple[str, TerminationReason, SolutionStatus] | None = None
     unchecked: tuple[str, CheckReport] | None = None
 
@@ -111,7 +111,7 @@ def solve(
                            name, report.violations[0])
             unchecked = unchecked or (name, report)
             continue
-        if termination in (TerminationReason.INFEASIBLE, TerminationReason.UNBOUNDED):
+        if attempts[-1]["status"] in (cp.INFEASIBLE, cp.UNBOUNDED):
             break  # a proof from one solver is not overturned by the next
         logger.warning("solver %s returned %s; trying the next solver", name, attempts[-1]["status"])
 
@@ -231,14 +231,17 @@ def read_prices(economy: Economy, certified: bool = True, reason: str | None = N
             certified, reason = False, "the solver returned no dual values"
         dual = np.zeros(len(spec.rows)) if dual is None else np.atleast_1d(dual)
         values = dual * economy.welfare_scale / spec.scale * spec.report_factor
-        slack = spec.rhs - usage_rows
+        # Report right-hand sides in instance units (a routing row's share of 1 is the volume).
+        unit_factor = 1.0 / np.where(spec.report_factor > 0, spec.report_factor, 1.0)
+        slack = (spec.rhs - usage_rows) * unit_factor
+        usage_rows = usage_rows * unit_factor
         for i, label in enumerate(spec.labels):
             binding = spec.mode == "equality" or abs(slack[i]) <= BINDING_TOLERANCE * max(1.0, spec.scale[i])
             prices.append(Price(
                 spec.name, label, spec.kind, spec.mode,
                 float(values[i]) if certified else None, spec.price_unit,
                 bool(binding), float(slack[i]), float(usage_rows[i]),
-                float(spec.rhs[i]) if spec.rhs_paths[i] else None, spec.rhs_paths[i],
+                float(spec.rhs[i] * unit_factor[i]) if spec.rhs_paths[i] else None, spec.rhs_paths[i],
                 None if certified else reason,
             ))
     return prices

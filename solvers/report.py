@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..model.delay import delay_per_token
 from ..model.economy import Economy
 from ..model.schema import SCHEMA_VERSION
 from .analysis import USED, equimarginal, review_minutes_per_request, tokens_per_request
@@ -146,8 +147,8 @@ def pool_table(economy: Economy) -> list[dict]:
             row[f"gpus_{phase}"] = gpus
             row[f"{phase}_load"] = load * throughput
             row[f"{phase}_utilization"] = load / gpus if gpus > USED else 0.0
-            if pool.delay is not None and gpus > load:
-                row[f"{phase}_waiting"] = pool.delay.scale * load / (gpus - load)
+            if pool.delay is not None and gpus > USED:
+                row[f"{phase}_waiting"] = delay_per_token(pool.delay, load, gpus)
         rows.append(row)
     return rows
 
@@ -200,6 +201,7 @@ def write_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
             stream.write(text)
             stream.flush()
@@ -209,6 +211,12 @@ def write_atomic(path: Path, text: str) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _csv(rows: list[dict]) -> str:

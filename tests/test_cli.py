@@ -169,3 +169,15 @@ def test_rerun_into_same_directory_is_idempotent(tmp_path):
     second = {path.name: path.read_text() for path in out.iterdir() if path.suffix == ".csv"}
     assert first == second
     assert sorted(path.name for path in out.iterdir()) == sorted([*first, "report.json"])
+
+
+def test_report_files_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "run"
+    assert run("solve", WORKED_EXAMPLE, "--out", out).exit_code == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = stat.S_IMODE((out / "report.json").stat().st_mode)
+    assert mode == 0o666 & ~mask

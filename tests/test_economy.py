@@ -7,7 +7,7 @@ from tokenomy.model.economy import Economy
 from tokenomy.model.loader import load_instance
 from tokenomy.solvers.joint import solve
 
-from conftest import CODING_AGENT, WORKED_EXAMPLE
+from conftest import CODING_AGENT, INSTANCES, WORKED_EXAMPLE
 
 
 def test_graph_layers_and_markets():
@@ -148,3 +148,46 @@ def test_ecos_falls_back_on_power_cones():
     assert result.attempts[0]["solver"] == "ECOS"
     assert result.attempts[0]["status"] == "solver_error"
     assert result.solver.startswith("CLARABEL")
+
+
+def test_update_rebuilds_on_curve_weight_change():
+    economy = Economy(load_instance(CODING_AGENT))
+    changed = load_instance(CODING_AGENT, ["models.frontier.quality.repair.weights.read=0.7"])
+    assert economy.update(changed) is False
+    assert solve(economy).welfare == pytest.approx(solve(Economy(changed)).welfare, rel=1e-7)
+
+
+def test_resource_market_named_like_a_kind():
+    """A resource market's usage is kept apart from the market kinds' usages."""
+    plain = solve(Economy(load_instance(WORKED_EXAMPLE))).welfare
+    named = solve(Economy(load_instance(WORKED_EXAMPLE, ["markets.compute={kind: resource, price: 3}"])))
+    assert named.welfare == pytest.approx(plain, rel=1e-9)
+
+
+def test_routing_row_reported_in_requests():
+    result = solve(Economy(load_instance(CODING_AGENT)))
+    row = next(price for price in result.prices if price.row == "routing[triage-issue]")
+    assert row.rhs == pytest.approx(6000.0)
+    assert row.usage == pytest.approx(6000.0, rel=1e-6)
+    assert row.rhs_path == "tasks.triage-issue.volume"
+
+
+def test_build_time_recorded():
+    result = solve(Economy(load_instance(CODING_AGENT)))
+    assert result.timings.build > 0
+
+
+def test_priced_latency_warns_about_ignored_sla(caplog):
+    with caplog.at_level("WARNING", logger="tokenomy.model.markets"):
+        Economy(load_instance(CODING_AGENT, ["markets.latency.budget=null", "markets.latency.price=0.01"]))
+    assert any("latency_sla of fix-failing-test, refactor-module is not enforced" in record.getMessage()
+               for record in caplog.records)
+
+
+def test_polynomial_delay_reports_waiting():
+    from tokenomy.solvers.report import build_report
+
+    economy = Economy(load_instance(INSTANCES / "pigou.yaml"))
+    report = build_report(economy, solve(economy))
+    linear = next(row for row in report["pools"] if row["pool"] == "linear")
+    assert linear["decode_waiting"] == pytest.approx(0.5, rel=1e-4)

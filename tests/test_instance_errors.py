@@ -308,3 +308,18 @@ def test_shipped_instances_do_not_warn(caplog):
         load_instance(CODING_AGENT)
         load_instance(WORKED_EXAMPLE)
     assert not caplog.records
+
+
+@pytest.mark.parametrize(("name", "kind"), [("routing", "compute"), ("prefill", "risk"),
+                                            ("gpu", "resource"), ("latency", "compute")])
+def test_reserved_market_name(worked, tmp_path, name, kind):
+    worked["markets"][name] = {"kind": kind, "budget": 1}
+    error, message = error_for(write(tmp_path, worked))
+    assert f"markets.{name} = '{name}': is the name of a market tokenomy defines itself" in message
+    assert "give this market another name" in message
+
+
+def test_invalid_name_reported_at_collection(worked):
+    worked["tasks"]["a b"] = worked["tasks"]["request"]
+    with pytest.raises(InstanceError, match=r"tasks = 'a b': contains an invalid name"):
+        load_instance(worked)

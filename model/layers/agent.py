@@ -28,7 +28,7 @@ import numpy as np
 from ..data import EconomyData
 from ..formulation import Builder, geometric_mean_constraints
 from ..schema import Instance
-from .base import usage, welfare
+from .base import resource_usage, usage, welfare
 
 MINUTE = 60.0
 
@@ -145,7 +145,7 @@ class Agent:
         builder.contribute(usage("latency"), self.name, "tokens", scale * seconds, tasks,
                            size=len(data.tasks), unit="s")
         for market, footprint in data.footprint.items():
-            builder.contribute(usage(market), self.name, "tokens", volume * scale * footprint[a])
+            builder.contribute(resource_usage(market), self.name, "tokens", volume * scale * footprint[a])
 
         if data.pools:
             pool, size = data.model_pool[models], len(data.pools)
@@ -195,7 +195,7 @@ class Agent:
         builder.contribute(usage("latency"), self.name, "review", MINUTE * data.review_risk_scale[h],
                            tasks, size=len(data.tasks), unit="s")
         for market, footprint in data.review_footprint.items():
-            builder.contribute(usage(market), self.name, "review", minutes * footprint[h])
+            builder.contribute(resource_usage(market), self.name, "review", minutes * footprint[h])
 
 
 def _scatter(size: int, positions: np.ndarray, values: np.ndarray) -> np.ndarray:

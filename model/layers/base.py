@@ -37,6 +37,11 @@ def usage(market: str) -> str:
     return USAGE + market
 
 
+def resource_usage(market: str) -> str:
+    """Return the quantity name of a resource market's usage (apart from market kinds)."""
+    return USAGE + "resource." + market
+
+
 def welfare(part: str) -> str:
     """Return the quantity name of a welfare part."""
     return WELFARE + part
