@@ -24,6 +24,9 @@ Positive = Annotated[float, Field(gt=0.0, le=MAX_MAGNITUDE, allow_inf_nan=False)
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+$")]
 
 
+ActionClass = Literal["reversible", "irreversible"]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
@@ -153,7 +156,7 @@ class Use(Strict):
     input_share: Probability = Field(
         0.5, description="Share of this use's tokens billed and served as input tokens."
     )
-    action: Literal["reversible", "irreversible"] = "reversible"
+    action: ActionClass = "reversible"
     risk_scale: Positive | None = Field(
         None,
         description="Tokens (or review minutes) per request that cut the wrong-action "
@@ -212,6 +215,10 @@ class Cache(Strict):
     size_scale: Positive = Field(
         description="Cache size at which 63% of reusable prefix tokens hit (GB)."
     )
+    fixed_cost: NonNegative = Field(
+        0.0, description="Mixed-integer form only: USD per period for enabling the cache "
+        "at any size (a fixed charge on top of the cost per GB)."
+    )
 
 
 class Training(Strict):
@@ -235,11 +242,57 @@ class Training(Strict):
     rollout_lag: NonNegative = Field(
         0.0, description="Periods between generating rollouts and deploying what they teach."
     )
+    fixed_cost: NonNegative = Field(
+        0.0, description="Mixed-integer form only: USD per period for running the job at all "
+        "(a fixed charge on top of the token price)."
+    )
 
 
 class Capital(Strict):
     cache: dict[Name, Cache] = Field(default_factory=dict, description="Caches keyed by pool.")
     training: Training | None = None
+
+
+AutonomyLevelName = Literal["free", "confirm", "multi-party"]
+
+
+class AutonomyLevel(Strict):
+    """How much human oversight an action class gets (mixed-integer form only)."""
+
+    risk_multiplier: Probability = Field(
+        description="Factor on the expected loss of wrong actions of the class (1: no oversight)."
+    )
+    review_minutes: NonNegative = Field(
+        0.0, description="Human minutes per routed request, counted in the oversight market."
+    )
+    cost: NonNegative = Field(0.0, description="Oversight cost per routed request (USD).")
+
+
+def _default_levels() -> dict[str, AutonomyLevel]:
+    return {
+        "free": AutonomyLevel(risk_multiplier=1.0),
+        "confirm": AutonomyLevel(risk_multiplier=0.2, review_minutes=0.5, cost=0.25),
+        "multi-party": AutonomyLevel(risk_multiplier=0.05, review_minutes=2.0, cost=1.0),
+    }
+
+
+class Autonomy(Strict):
+    """The autonomy schedule's menu: one level is chosen per action class.
+
+    The convex form ignores this section. It counts the full expected loss of
+    every wrong action, as the mixed-integer form does with every class at
+    ``free`` and the default loss shares.
+    """
+
+    levels: dict[AutonomyLevelName, AutonomyLevel] = Field(
+        default_factory=_default_levels, min_length=1,
+        description="Levels the schedule may choose, keyed by level name.",
+    )
+    loss_share: dict[ActionClass, Probability] = Field(
+        default_factory=lambda: {"irreversible": 1.0, "reversible": 0.0},
+        description="Share of a task's loss on a wrong action that actions of each class "
+        "carry; a class left out carries 1 (irreversible) or 0 (reversible).",
+    )
 
 
 MarketKind = Literal["compute", "latency", "risk", "oversight", "gpu", "resource"]
@@ -288,6 +341,10 @@ class Instance(Strict):
     pools: dict[Name, Pool] = Field(default_factory=dict)
     capital: Capital = Field(default_factory=Capital)
     markets: dict[Name, Market] = Field(default_factory=dict)
+    autonomy: Autonomy = Field(
+        default_factory=Autonomy,
+        description="Oversight levels per action class (mixed-integer form only).",
+    )
     views: dict[Literal["router", "agent", "serving", "capital"], list[str]] = Field(
         default_factory=dict,
         description="Prices each layer sees in a siloed run; omitted layers keep the defaults.",

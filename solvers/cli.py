@@ -94,11 +94,21 @@ def solve_command(
     out: Annotated[Path | None, typer.Option("--out", help="Directory for report.json and CSV tables.")] = None,
     solver: SolverOption = None,
     time_limit: Annotated[float | None, typer.Option(
-        help="Seconds allowed for the solve, across the solver fallback order.")] = None,
+        help="Seconds allowed for the solve, across the solver fallback order; with "
+        "--backend pyomo or highs, for the MIP solve.")] = None,
+    backend: Annotated[str, typer.Option(
+        help="cvxpy: the convex program; pyomo: the mixed-integer form in Pyomo with HiGHS; "
+        "highs: the mixed-integer form passed to highspy directly.")] = "cvxpy",
+    mip_gap: Annotated[float, typer.Option(
+        help="Mixed-integer backends: relative gap between incumbent and bound at which to stop.")]
+        = 1e-6,
     verbose: VerboseOption = 0,
 ) -> None:
     """Solve the joint program and print welfare, allocation and prices."""
     _configure_logging(verbose)
+    if backend != "cvxpy":
+        _solve_mip(file, set_ or [], json_output, out, time_limit, backend, mip_gap)
+        return
     try:
         instance = load_instance(file, set_ or [])
         economy = Economy(instance)
@@ -121,6 +131,53 @@ def solve_command(
         errors.print(f"warning: {result.message}", markup=False)
     if not result.certified:
         raise typer.Exit(EXIT_UNCERTIFIED)
+
+
+def _solve_mip(file: Path, overrides: list[str], json_output: bool, out: Path | None,
+               time_limit: float | None, backend: str, mip_gap: float) -> None:
+    from .mip_cli import OptionError, print_mip_summary, run_mip
+
+    try:
+        report, result = run_mip(file, overrides, time_limit, backend, mip_gap)
+    except TokenomyError as error:
+        raise _fail(error) from None
+    except OptionError as error:
+        errors.print(f"invalid option: {error}", markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "report.json", json.dumps(report, indent=2))
+    if json_output:
+        print(json.dumps(report, indent=2))
+    else:
+        print_mip_summary(console, report)
+    if result.status is SolutionStatus.NO_SOLUTION:
+        _explain_failure(result)
+        raise typer.Exit(EXIT_NO_SOLUTION)
+    if result.message:
+        errors.print(f"warning: {result.message}", markup=False)
+    if not result.certified:
+        raise typer.Exit(EXIT_UNCERTIFIED)
+
+
+@app.command("export")
+def export_command(
+    file: Annotated[Path, typer.Argument(help="Instance file (.yaml, .yml or .json).")],
+    out: Annotated[Path, typer.Option("--out", help="File to write the model to.")],
+    format_: Annotated[str, typer.Option("--format", help="lp or mps.")] = "lp",
+    set_: SetOption = None,
+) -> None:
+    """Write the mixed-integer form as an LP or MPS file (Pyomo writer)."""
+    from .mip_cli import OptionError, export_model
+
+    try:
+        export_model(file, set_ or [], format_, out)
+    except TokenomyError as error:
+        raise _fail(error) from None
+    except OptionError as error:
+        errors.print(f"invalid option: {error}", markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    console.print(f"wrote {out}")
 
 
 @app.command("sweep")
