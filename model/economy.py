@@ -108,6 +108,8 @@ class Economy:
         }
         if reuse is not None:
             _check_same_structure(builder, reuse)
+            # The compiled problem holds the first build's constraints, so duals live there.
+            builder.constraints = reuse.constraints
         else:
             constraints = list(builder.constraints) + list(market_constraints.values())
             self.problem = cp.Problem(cp.Maximize(objective), constraints)
@@ -145,7 +147,8 @@ class Economy:
 
     def _market_constraint(self, builder: Builder, spec: MarketSpec, offset) -> cp.Constraint:
         usage_rows = self._usage_rows(builder, spec)
-        rhs = (spec.rhs + np.broadcast_to(np.asarray(offset, float), spec.rows.shape)) / spec.scale
+        spec.offset = np.broadcast_to(np.asarray(offset, float), spec.rows.shape).copy()
+        rhs = (spec.rhs + spec.offset) / spec.scale
         if len(spec.rows) <= MAX_PARAMETER_ROWS:
             rhs_value = builder.parameter(f"market.{spec.name}.rhs", rhs)
         else:

@@ -60,10 +60,10 @@ class InstanceError(TokenomyError):
     field path, the value and the fix.
     """
 
-    def __init__(self, source: str, problems: list[FieldProblem]):
+    def __init__(self, source: str, problems: list[FieldProblem], what: str = "instance"):
         self.source = source
         self.problems = problems
-        lines = [f"invalid instance {source}: {len(problems)} problem(s)"]
+        lines = [f"invalid {what} {source}: {len(problems)} problem(s)"]
         lines += [f"  - {problem.describe()}" for problem in problems]
         super().__init__("\n".join(lines))
 

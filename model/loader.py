@@ -174,7 +174,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not separator or not path:
         raise InstanceError("--set", [FieldProblem(
             "(override)", text, "is not of the form PATH=VALUE",
-            "write e.g. --set tasks.fix-failing-test.value=25")])
+            "write e.g. --set tasks.fix-failing-test.value=25")], what="option")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -264,6 +264,7 @@ def load_instance(
     pairs = [parse_override(item) if isinstance(item, str) else item for item in overrides]
     if pairs:
         data = apply_overrides(data, pairs, name)
+        name = f"{name} (with --set {', '.join(path for path, _ in pairs)})"
     instance = validate(data, name)
     instance.metadata.setdefault("source", name)
     return instance

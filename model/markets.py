@@ -66,6 +66,8 @@ class MarketSpec:
         Converts ``dW/d(rhs)`` into the reported price (e.g. per request).
     scale:
         Row scale: the row passed to the solver is ``usage / scale``.
+    offset:
+        Added to ``rhs`` in the program (``Economy(offsets=...)``), per row.
     """
 
     name: str
@@ -82,6 +84,7 @@ class MarketSpec:
     weight: np.ndarray = field(default_factory=lambda: np.zeros(0))
     report_factor: np.ndarray = field(default_factory=lambda: np.zeros(0))
     scale: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    offset: np.ndarray = field(default_factory=lambda: np.zeros(0))
     description: str = ""
 
     @property

@@ -203,6 +203,7 @@ def _token_rows(economy: Economy, prices: PriceVector) -> list[dict]:
             benefit += exposure_value[k] / data.risk_scale[a]
         row = _row("token", data, k, data.uses[a], tau[k, a], benefit, cost[k, a])
         row["used"] = bool(tau[k, a] > USED * data.scale[k, a])
+        row["share"] = float(route[k])
         rows.append(row)
     for k in np.flatnonzero((data.family == "leontief") & (route > USED)):
         bundle = np.flatnonzero(data.in_curve[k])
@@ -218,7 +219,9 @@ def _token_rows(economy: Economy, prices: PriceVector) -> list[dict]:
                 continue
             for h, name in enumerate(data.reviews):
                 benefit = exposure_value[k] / data.review_risk_scale[h]
-                rows.append(_row("review", data, k, name, minutes[k, h], benefit, review_cost[k, h]))
+                row = _row("review", data, k, name, minutes[k, h], benefit, review_cost[k, h])
+                row["share"] = float(route[k])
+                rows.append(row)
     return rows
 
 

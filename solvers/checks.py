@@ -27,6 +27,10 @@ class Tolerances:
     feasibility:
         Largest violation of a market row or layer constraint, as a share of
         the row's scale (the solver's view).
+    min_share:
+        Token, review and route rows of options in use that carry a smaller
+        share of their task's requests are not checked: their tokens per
+        request are a ratio of two tiny numbers.
     slackness:
         Largest ``|price * slack|`` as a share of ``max(|welfare|, 1)``.
     residual_relative, residual_absolute:
@@ -34,7 +38,8 @@ class Tolerances:
         ``relative * |marginal cost| + absolute[kind]``.
     """
 
-    feasibility: float = 1e-6
+    feasibility: float = 1e-5
+    min_share: float = 1e-4
     slackness: float = 1e-5
     residual_relative: float = 2e-3
     residual_absolute: dict[str, float] = field(default_factory=lambda: {
@@ -90,6 +95,9 @@ def check_solution(economy: Economy, result: Result, tolerances: Tolerances | No
     default = {"Router", "Agent", "Serving", "Capital"}
     rows = equimarginal(economy, result) if {type(layer).__name__ for layer in economy.layers} <= default else []
     for row in rows:
+        share = row["amount"] if row["kind"] == "route" and row["used"] else row.get("share", 1.0)
+        if share < tolerances.min_share:
+            continue
         allowed = (tolerances.residual_relative * abs(row["marginal_cost"])
                    + tolerances.residual_absolute.get(row["kind"], 1e-6))
         excess = (abs(row["residual"]) if row["used"] else row["residual"]) - allowed

@@ -106,6 +106,7 @@ def solve_command(
 ) -> None:
     """Solve the joint program and print welfare, allocation and prices."""
     _configure_logging(verbose)
+    _check_solvers(solver)
     if backend != "cvxpy":
         _solve_mip(file, set_ or [], json_output, out, time_limit, backend, mip_gap)
         return
@@ -217,7 +218,7 @@ def sweep_command(
         binding = ", ".join(f"{row}={value:.4g}" for row, value in point.prices.items()
                             if value and not row.startswith(("routing", "prefill", "decode")))
         table.add_row(f"{point.value:g}", point.status,
-                      "-" if point.welfare is None else f"{point.welfare:,.4f}", main, binding or "-")
+                      "-" if point.welfare is None else f"{point.welfare + 0.0:,.4f}", main, binding or "-")
     console.print(table)
 
 
@@ -290,13 +291,28 @@ def congestion_command(
     if result["delay_cost_ratio"] is not None:
         console.print(f"ratio (price of anarchy of flat pricing): {result['delay_cost_ratio']:.4f}")
     table = Table(title="congestion prices at the system optimum")
-    for column in ("pool", "phase", "util. optimum", "util. flat", "price (USD/token)", "own delay", "toll"):
+    for column in ("pool", "phase", "load optimum", "load flat", "util. optimum", "util. flat",
+                   "price (USD/token)", "own delay", "toll"):
         table.add_column(column)
     for row in result["pools"]:
-        table.add_row(row["pool"], row["phase"], _percent(row["utilization_optimum"]),
+        table.add_row(row["pool"], row["phase"], f"{row['load_optimum']:.4g}",
+                      f"{row['load_equilibrium']:.4g}", _percent(row["utilization_optimum"]),
                       _percent(row["utilization_equilibrium"]), f"{row['congestion_price']:.4g}",
                       f"{row['own_delay_cost']:.4g}", f"{row['toll']:.4g}")
+    console.print("loads are in GPU-equivalents; the utilisation of a pool whose delay does not "
+                  "depend on its GPUs is arbitrary")
     console.print(table)
+
+
+def _check_solvers(names: list[str] | None) -> None:
+    import cvxpy as cp
+
+    installed = set(cp.installed_solvers())
+    unknown = [name for name in names or [] if name.upper() not in installed]
+    if unknown:
+        errors.print(f"invalid option --solver {', '.join(unknown)}: not installed; "
+                     f"use one of {', '.join(sorted(installed))}", markup=False)
+        raise typer.Exit(EXIT_INVALID)
 
 
 def _percent(value) -> str:
@@ -357,6 +373,12 @@ def _print_comparison(report: dict) -> None:
     modes.add_column("numbers")
     for row in report["failure_modes"]:
         where = row.get("task") or row.get("pool") or "training"
+        if row.get("phase"):
+            where += f" ({row['phase']})"
+        if row.get("chosen"):
+            where += f": {row['chosen']} chosen, {row['better']} better"
+        elif row.get("model"):
+            where += f" on {row['model']}"
         numbers = ", ".join(f"{key}={value:.4g}" for key, value in row.items()
                             if isinstance(value, float))
         modes.add_row(row["mode"], escape(str(where)), escape(numbers))
@@ -401,9 +423,15 @@ def generate(
 
 def _explain_failure(result: Result) -> None:
     if result.diagnosis is not None:
-        errors.print(result.diagnosis["message"], markup=False)
-        for item in result.diagnosis.get("shortfalls", []):
+        shortfalls = result.diagnosis.get("shortfalls", [])
+        if not shortfalls:
+            errors.print(result.diagnosis["message"], markup=False)
+            return
+        errors.print(result.diagnosis.get("headline", "infeasible:"), markup=False)
+        for item in shortfalls:
             errors.print(f"  - {item['message']}", markup=False)
+        if result.diagnosis.get("hint"):
+            errors.print(result.diagnosis["hint"], markup=False)
     elif result.termination is TerminationReason.LIMIT:
         errors.print(f"no solution within the time limit of {result.time_limit:g} s; "
                      "raise --time-limit", markup=False)
@@ -418,7 +446,7 @@ def _print_summary(report: dict) -> None:
                   f"({report['termination']}, {report['solver']})")
     if welfare is None:
         return
-    console.print(f"welfare: {welfare:,.4f} USD per period")
+    console.print(f"welfare: {welfare + 0.0:,.4f} USD per period")
 
     routing = Table(title="routing")
     for column in ("task", "model", "share", "requests/period"):

@@ -41,10 +41,12 @@ class Diagnosis:
     kind: str
     message: str
     shortfalls: list[Shortfall]
+    headline: str = ""
+    hint: str = ""
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "message": self.message,
-                "shortfalls": [item.as_dict() for item in self.shortfalls]}
+        return {"kind": self.kind, "message": self.message, "headline": self.headline,
+                "hint": self.hint, "shortfalls": [item.as_dict() for item in self.shortfalls]}
 
 
 PHYSICAL_WEIGHT = 1e3
@@ -82,10 +84,12 @@ def diagnose_infeasibility(economy: Economy, solver: str = "CLARABEL") -> Diagno
                 if value > SHORTFALL_TOLERANCE]
 
     singles = _single_changes(elastic, solver, violated)
+    hint = _defer_hint(economy)
     if singles:
-        summary = "any one of these changes restores feasibility: " + "; ".join(
-            item.message for item in singles)
-        return Diagnosis("infeasible", f"infeasible: {summary}{_defer_hint(economy)}", singles)
+        headline = "infeasible: any one of these changes restores feasibility:"
+        summary = "; ".join(item.message for item in singles)
+        return Diagnosis("infeasible", f"{headline} {summary}{hint}", singles, headline,
+                         hint.removeprefix(". "))
 
     shortfalls = []
     for spec, i, _ in violated:
@@ -93,9 +97,10 @@ def diagnose_infeasibility(economy: Economy, solver: str = "CLARABEL") -> Diagno
         minimum = elastic.minimum_usage(solver, spec, i, others)
         if minimum is not None and minimum > spec.rhs[i] + SHORTFALL_TOLERANCE * spec.scale[i]:
             shortfalls.append(_shortfall(economy, spec, i, minimum - float(spec.rhs[i])))
-    summary = "these budgets and capacities cannot all be met together: " + (
-        "; ".join(item.message for item in shortfalls) or "(the relaxation found no single culprit)")
-    return Diagnosis("infeasible", f"infeasible: {summary}{_defer_hint(economy)}", shortfalls)
+    headline = "infeasible: these budgets and capacities cannot all be met together:"
+    summary = "; ".join(item.message for item in shortfalls) or "(the relaxation found no single culprit)"
+    return Diagnosis("infeasible", f"{headline} {summary}{hint}", shortfalls, headline,
+                     hint.removeprefix(". "))
 
 
 def _single_changes(elastic: _Elastic, solver: str, violated) -> list[Shortfall]:

@@ -23,7 +23,7 @@ FALLBACK_ORDER: tuple[str, ...] = ("CLARABEL", "ECOS", "SCS")
 """Solvers tried in turn until one returns a certified optimum."""
 
 SOLVER_SETTINGS: dict[str, dict] = {
-    "CLARABEL": {"tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9, "tol_feas": 1e-9},
+    "CLARABEL": {"tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9, "tol_feas": 1e-9, "max_iter": 1000},
     "ECOS": {"abstol": 1e-9, "reltol": 1e-9, "feastol": 1e-9, "max_iters": 500},
     "SCS": {"eps_abs": 1e-7, "eps_rel": 1e-7, "max_iters": 200_000},
 }
@@ -170,14 +170,16 @@ def _unchecked_result(economy, unchecked, attempts, timings, time_limit) -> Resu
     """Re-solve with the first solver that reached optimal status though its checks failed."""
     name, report = unchecked
     if attempts[-1]["solver"] != name or attempts[-1].get("checks") != "failed":
-        termination, status = _run(economy, name, time_limit, attempts, timings)
-    else:
-        termination, status = TerminationReason.OPTIMAL, SolutionStatus.OPTIMAL
-    result = _result(economy, name, termination, status, attempts, timings, time_limit)
+        _run(economy, name, time_limit, attempts, timings)
+    reason = (f"every solver failed the optimality checks; the allocation is {name}'s, whose "
+              f"status was optimal, but its prices are not certified. First violation: "
+              f"{report.violations[0]}")
+    result = _result(economy, name, TerminationReason.NUMERICAL_ERROR, SolutionStatus.FEASIBLE,
+                     attempts, timings, time_limit)
+    result.prices = read_prices(economy, certified=False, reason=reason)
     result.checks = report.as_dict()
-    result.message = (f"every solver failed the optimality checks; reporting {name}, whose status "
-                      f"was optimal. First violation: {report.violations[0]}")
-    logger.warning(result.message)
+    result.message = reason
+    logger.warning(reason)
     return result
 
 
@@ -203,7 +205,8 @@ def _result(economy, name, termination, status, attempts, timings, time_limit=No
     bound = welfare if status is SolutionStatus.OPTIMAL else None
     message = reason or ""
     if termination is TerminationReason.LIMIT:
-        message = f"stopped at the time limit of {time_limit:g} s; " + message
+        limit = f"the time limit of {time_limit:g} s" if time_limit is not None else "an iteration limit"
+        message = f"stopped at {limit}; " + message
     return Result(termination, status, welfare, bound, label, prices=prices,
                   welfare_parts=parts, timings=timings, attempts=attempts,
                   time_limit=time_limit, message=message)
@@ -233,7 +236,8 @@ def read_prices(economy: Economy, certified: bool = True, reason: str | None = N
         values = dual * economy.welfare_scale / spec.scale * spec.report_factor
         # Report right-hand sides in instance units (a routing row's share of 1 is the volume).
         unit_factor = 1.0 / np.where(spec.report_factor > 0, spec.report_factor, 1.0)
-        slack = (spec.rhs - usage_rows) * unit_factor
+        rhs = spec.rhs + (spec.offset if len(spec.offset) else 0.0)
+        slack = (rhs - usage_rows) * unit_factor
         usage_rows = usage_rows * unit_factor
         for i, label in enumerate(spec.labels):
             binding = spec.mode == "equality" or abs(slack[i]) <= BINDING_TOLERANCE * max(1.0, spec.scale[i])
@@ -241,7 +245,7 @@ def read_prices(economy: Economy, certified: bool = True, reason: str | None = N
                 spec.name, label, spec.kind, spec.mode,
                 float(values[i]) if certified else None, spec.price_unit,
                 bool(binding), float(slack[i]), float(usage_rows[i]),
-                float(spec.rhs[i] * unit_factor[i]) if spec.rhs_paths[i] else None, spec.rhs_paths[i],
+                float(rhs[i] * unit_factor[i]) if spec.rhs_paths[i] else None, spec.rhs_paths[i],
                 None if certified else reason,
             ))
     return prices

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 
@@ -27,6 +28,7 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
     axes[1].barh(layers, gaps, color=["#c05621" if gap > 0 else "#2b6cb0" for gap in gaps])
     axes[1].axvline(0, color="black", linewidth=0.8)
     axes[1].set_title(f"Gap by layer (total {report['gap']:,.0f})")
+    axes[1].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=4))
     axes[1].set_xlabel("global minus siloed, USD per period")
 
     if attribution:
@@ -34,7 +36,8 @@ def plot_comparison(report: dict, path: str | Path) -> Path:
         shares = [attribution["shapley"][price] for price in prices]
         axes[2].barh(prices, shares, color="#2f855a")
         axes[2].axvline(0, color="black", linewidth=0.8)
-        axes[2].set_title("Gap attributed to hidden prices")
+        axes[2].set_title("Priced gap attributed to hidden prices")
+        axes[2].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=4))
         axes[2].set_xlabel("Shapley share, USD per period")
 
     path = Path(path)

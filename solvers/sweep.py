@@ -40,7 +40,7 @@ def parse_vary(text: str) -> tuple[str, np.ndarray]:
     except (ValueError, IndexError):
         raise InstanceError("--vary", [FieldProblem(
             path or "(vary)", spec, "is not of the form START:STOP:STEPS with STEPS >= 1",
-            "write e.g. --vary tasks.request.value=5:40:8")]) from None
+            "write e.g. --vary tasks.request.value=5:40:8")], what="option") from None
     return path.strip(), np.linspace(start, stop, steps)
 
 

@@ -119,3 +119,5 @@ def test_failed_checks_move_to_next_solver():
     assert result.checks["passed"] is False
     assert "every solver failed the optimality checks" in result.message
     assert result.solver.startswith("CLARABEL")
+    assert not result.certified
+    assert all(price.price is None for price in result.prices if price.mode != "price")

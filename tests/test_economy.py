@@ -191,3 +191,21 @@ def test_polynomial_delay_reports_waiting():
     report = build_report(economy, solve(economy))
     linear = next(row for row in report["pools"] if row["pool"] == "linear")
     assert linear["decode_waiting"] == pytest.approx(0.5, rel=1e-4)
+
+
+def test_update_then_solve_passes_checks():
+    """After update() the layer constraints holding the duals are the compiled ones."""
+    economy = Economy(load_instance(CODING_AGENT, ["markets.compute.budget=900"]))
+    solve(economy)
+    assert economy.update(load_instance(CODING_AGENT, ["markets.compute.budget=950"]))
+    result = solve(economy)
+    assert result.checks["passed"], result.checks["violations"]
+    assert result.attempts[0]["checks"] == "passed"
+
+
+def test_offsets_move_reported_slack():
+    economy = Economy(load_instance(CODING_AGENT), offsets={"compute": 1.0})
+    result = solve(economy)
+    compute = next(price for price in result.prices if price.row == "compute")
+    assert compute.rhs == pytest.approx(1001.0)
+    assert compute.slack == pytest.approx(0.0, abs=1e-4)

@@ -89,11 +89,19 @@ def test_complementary_slackness(solved):
             assert abs(price.price * price.slack) <= SLACKNESS_RTOL * max(abs(result.welfare), 1.0), price.row
 
 
+MIN_SHARE = 1e-4
+"""Rows of options carrying a smaller share of their task are skipped: their tokens
+per request are a ratio of two tiny numbers (the runtime checks skip them too)."""
+
+
 def test_equimarginal_residuals(solved):
     economy, result = solved
     rows = equimarginal(economy, result)
     assert rows, "an optimal solve has an equimarginal table"
     for row in rows:
+        share = row["amount"] if row["kind"] == "route" and row["used"] else row.get("share", 1.0)
+        if share < MIN_SHARE:
+            continue
         tolerance = RESIDUAL_RTOL * abs(row["marginal_cost"]) + RESIDUAL_ATOL[row["kind"]]
         label = f"{row['kind']} {row['task']}/{row['model']}/{row['use']}: {row}"
         if row["used"]:
