@@ -82,6 +82,20 @@ class EconomyData:
         return self.tasks[self.option_task[k]], self.models[self.option_model[k]]
 
 
+def effort_groups(data: EconomyData, options: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split options into those whose effort is bounded input by input and Cobb-Douglas ones.
+
+    Returns boolean masks over ``options``: ``linear`` (saturating, Leontief and
+    single-input Cobb-Douglas curves: effort <= each input over its scale) and
+    ``cobb`` (Cobb-Douglas curves with several inputs: a geometric mean).
+    """
+    families = data.family[options]
+    support = data.in_curve[options]
+    cobb = (families == "cobb_douglas") & (support.sum(axis=1) > 1)
+    linear = np.isin(families, ["saturating", "leontief", "cobb_douglas"]) & ~cobb
+    return linear, cobb
+
+
 def compile_data(instance: Instance) -> EconomyData:
     """Compile a validated instance into :class:`EconomyData`."""
     tasks = list(instance.tasks)

@@ -125,6 +125,11 @@ def solve_command(
         _print_summary(report)
         if out is not None:
             console.print(f"wrote {out}/report.json and CSV tables")
+    _exit_for(result)
+
+
+def _exit_for(result: Result) -> None:
+    """Explain a missing or uncertified solution and exit with its code."""
     if result.status is SolutionStatus.NO_SOLUTION:
         _explain_failure(result)
         raise typer.Exit(EXIT_NO_SOLUTION)
@@ -152,13 +157,7 @@ def _solve_mip(file: Path, overrides: list[str], json_output: bool, out: Path | 
         print(json.dumps(report, indent=2))
     else:
         print_mip_summary(console, report)
-    if result.status is SolutionStatus.NO_SOLUTION:
-        _explain_failure(result)
-        raise typer.Exit(EXIT_NO_SOLUTION)
-    if result.message:
-        errors.print(f"warning: {result.message}", markup=False)
-    if not result.certified:
-        raise typer.Exit(EXIT_UNCERTIFIED)
+    _exit_for(result)
 
 
 @app.command("export")

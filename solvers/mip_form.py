@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from ..model.data import PER_MILLION, EconomyData, compile_data
+from ..model.data import PER_MILLION, EconomyData, compile_data, effort_groups
 from ..model.economy import default_layers
 from ..model.errors import FieldProblem, InstanceError
 from ..model.formulation import Builder
@@ -380,10 +380,8 @@ def _agent_rows(form: LinearForm, agent: Agent, points, settings: CutSettings) -
 def _effort_rows(form: LinearForm, options, pair_index, settings: CutSettings) -> None:
     """Bound each option's effort by its curve: linear inputs or geometric-mean cuts."""
     data = form.data
-    families = data.family[options]
     support = data.in_curve[options]
-    cobb = (families == "cobb_douglas") & (support.sum(axis=1) > 1)
-    linear = np.isin(families, ["saturating", "leontief", "cobb_douglas"]) & ~cobb
+    linear, cobb = effort_groups(data, options)
     rows, uses = np.nonzero(support & linear[:, None])
     if len(rows):
         count = np.arange(len(rows))

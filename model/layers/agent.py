@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
-from ..data import EconomyData
+from ..data import EconomyData, effort_groups
 from ..formulation import Builder, geometric_mean_constraints
 from ..schema import Instance
 from .base import resource_usage, usage, welfare
@@ -98,10 +98,8 @@ class Agent:
 
         ``pair_index[k, a]`` is the position of (option k, use a) in ``tokens``.
         """
-        families = data.family[options]
         support = data.in_curve[options]
-        cobb = (families == "cobb_douglas") & (support.sum(axis=1) > 1)
-        linear = np.isin(families, ["saturating", "leontief", "cobb_douglas"]) & ~cobb
+        linear, cobb = effort_groups(data, options)
 
         rows, uses = np.nonzero(support & linear[:, None])
         if len(rows):
