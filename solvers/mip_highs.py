@@ -75,6 +75,40 @@ def highs_model(form: LinearForm, integer: np.ndarray | None = None) -> highspy.
     return lp
 
 
+def irreducible_infeasible_subset(form: LinearForm, lp: highspy.HighsLp) -> list[dict]:
+    """Return the rows of an irreducible infeasible subset of the LP relaxation.
+
+    HiGHS computes the subset from the LP (integrality dropped); each row is
+    mapped back to its market row and instance field, or to the layer
+    constraint it belongs to. Returns an empty list when the LP relaxation is
+    feasible (the integrality alone makes the instance infeasible).
+    """
+    relaxed = highspy.Highs()
+    relaxed.setOptionValue("output_flag", False)
+    relaxed.setOptionValue("iis_strategy", 2)  # compute the subset from the LP
+    lp.integrality_ = []
+    relaxed.passModel(lp)
+    relaxed.run()
+    if relaxed.getModelStatus() != highspy.HighsModelStatus.kInfeasible:
+        return []
+    status, iis = relaxed.getIis()
+    if status != highspy.HighsStatus.kOk or not iis.valid_:
+        logger.warning("HiGHS could not compute an irreducible infeasible subset")
+        return []
+    owners = []
+    for block in form.rows:
+        owners += [(block.name, None, None)] * block.matrix.shape[0]
+    for name, block in form.market_rows.items():
+        spec = next(spec for spec in form.markets if spec.name == name)
+        owners += [(name, spec.labels[i], spec.rhs_paths[i]) for i in range(block.matrix.shape[0])]
+    subset = []
+    for row in iis.row_index_:
+        name, label, path = owners[row]
+        subset.append({"row": int(row), "market": name if label else None,
+                       "label": label or f"{name} (layer constraint)", "rhs_path": path})
+    return subset
+
+
 def solve_highs(form: LinearForm, time_limit: float | None = None,
                 mip_gap: float = DEFAULT_MIP_GAP) -> MipResult:
     """Solve the mixed-integer form with highspy, then its fixed-integer LP for the prices."""
@@ -107,6 +141,25 @@ def solve_highs(form: LinearForm, time_limit: float | None = None,
                        attempts=attempts, time_limit=time_limit, mip_gap_limit=mip_gap)
     if solution is SolutionStatus.NO_SOLUTION:
         result.message = f"HiGHS stopped with {highs.modelStatusToString(status)} and no solution"
+        if termination is TerminationReason.INFEASIBLE:
+            subset = irreducible_infeasible_subset(form, lp)
+            if subset:
+                result.diagnosis = {
+                    "kind": "infeasible", "basis": "irreducible infeasible subset of the LP relaxation",
+                    "rows": subset,
+                    "message": "infeasible: these constraints cannot all hold (an irreducible "
+                               "infeasible subset found by HiGHS): "
+                               + "; ".join(row["label"] for row in subset),
+                }
+                result.message = result.diagnosis["message"]
+            else:
+                result.diagnosis = {
+                    "kind": "infeasible", "basis": "integrality", "rows": [],
+                    "message": "infeasible only with whole requests and GPUs: the LP relaxation is "
+                               "feasible; run the convex backend (without --backend) for the "
+                               "budgets that bind, or relax a budget",
+                }
+                result.message = result.diagnosis["message"]
         return result
     scale = form.welfare_scale
     result.welfare = info.objective_function_value * scale

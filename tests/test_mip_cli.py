@@ -59,3 +59,19 @@ def test_export_unknown_format(tmp_path):
     result = run("export", WORKED_EXAMPLE, "--format", "nl", "--out", tmp_path / "model.nl")
     assert result.exit_code == 2
     assert "lp or mps" in result.output
+
+
+def test_highs_infeasible_names_irreducible_subset():
+    from tokenomy.model.loader import load_instance
+    from tokenomy.solvers.mip_form import build_form
+    from tokenomy.solvers.mip_highs import solve_highs
+    from tokenomy.solvers.result import TerminationReason
+
+    instance = load_instance(WORKED_EXAMPLE, ["markets.compute={kind: compute, budget: 0.5}"])
+    result = solve_highs(build_form(instance))
+    assert result.termination is TerminationReason.INFEASIBLE
+    labels = [row["label"] for row in result.diagnosis["rows"]]
+    assert "compute" in labels
+    assert "routing[request]" in labels
+    compute = next(row for row in result.diagnosis["rows"] if row["label"] == "compute")
+    assert compute["rhs_path"] == "markets.compute.budget"
