@@ -239,6 +239,7 @@ def _route_rows(economy: Economy, prices: PriceVector) -> list[dict]:
     loss_rate = np.where(exposed, data.loss[tasks] * data.wrong_action, 0.0)
     context_cost = context_marginal_cost(economy, prices)
     cache_credit = _cache_credit(economy)
+    review_cost = review_marginal_cost(economy, prices) if len(data.reviews) else None
 
     rows = []
     for k in range(data.option_count):
@@ -254,7 +255,7 @@ def _route_rows(economy: Economy, prices: PriceVector) -> list[dict]:
             value -= prices.risk * loss_rate[k] * np.exp(-u) * (1 + u)
             evaluated = "solution"
         else:
-            value = _best_response_value(economy, prices, k, cost[k], loss_rate[k])
+            value = _best_response_value(economy, prices, k, cost[k], loss_rate[k], review_cost)
             evaluated = "best_response"
         value += cache_credit[k] - context_cost[k]
         row = _row("route", data, k, None, route[k], value, prices.routing[tasks[k]])
@@ -263,7 +264,7 @@ def _route_rows(economy: Economy, prices: PriceVector) -> list[dict]:
     return rows
 
 
-def _best_response_value(economy, prices, k, cost, loss_rate) -> float:
+def _best_response_value(economy, prices, k, cost, loss_rate, review_cost=None) -> float:
     """Surplus per request of an unused option at its best tokens (a lower bound).
 
     Quality and risk are optimised separately, so a token that serves both is
@@ -286,8 +287,9 @@ def _best_response_value(economy, prices, k, cost, loss_rate) -> float:
     if loss_rate > 0 and prices.risk > 0:
         per_cut = [cost[a] * data.risk_scale[a] for a in range(len(data.uses)) if np.isfinite(data.risk_scale[a])]
         if len(data.reviews):
-            review_cost = review_marginal_cost(economy, prices)[k]
-            per_cut += list(review_cost * data.review_risk_scale)
+            if review_cost is None:
+                review_cost = review_marginal_cost(economy, prices)
+            per_cut += list(review_cost[k] * data.review_risk_scale)
         exposure = prices.risk * loss_rate
         if per_cut:
             cheapest = min(per_cut)

@@ -100,8 +100,9 @@ def _routing(economy: Economy, prices, thresholds: Thresholds) -> list[dict]:
     exposed = np.isin(np.arange(data.option_count), _agent(economy).index.risk_options)
     loss_rate = np.where(exposed, data.loss[data.option_task] * data.wrong_action, 0.0)
     context = context_marginal_cost(economy, prices)
+    reviews = review_marginal_cost(economy, prices) if len(data.reviews) else None
     surplus = np.array([
-        _best_response_value(economy, prices, k, cost[k], loss_rate[k]) - context[k]
+        _best_response_value(economy, prices, k, cost[k], loss_rate[k], reviews) - context[k]
         for k in range(data.option_count)])
     unit_price = data.price_input + data.price_output
 
