@@ -142,6 +142,7 @@ def _run(economy, name, time_limit, attempts, timings) -> tuple[TerminationReaso
         else:
             logger.warning("solver %s takes no time limit; its iteration limit applies", name)
     started = time.perf_counter()
+    failed = False
     try:
         with warnings.catch_warnings():
             # An inaccurate status is handled below; CVXPY's own warning would repeat it.
@@ -149,14 +150,18 @@ def _run(economy, name, time_limit, attempts, timings) -> tuple[TerminationReaso
             economy.problem.solve(solver=name, **options)
         raw = economy.problem.status
     except cp.SolverError as error:
-        raw = cp.SOLVER_ERROR
+        raw, failed = cp.SOLVER_ERROR, True
         logger.warning("solver %s failed: %s", name, error)
     elapsed = time.perf_counter() - started
-    stats = economy.problem.solver_stats
-    solve_time = stats.solve_time if stats is not None and stats.solve_time else None
-    compile_time = economy.problem.compilation_time or 0.0
-    timings.compile += compile_time
-    timings.solve += solve_time if solve_time is not None else max(elapsed - compile_time, 0.0)
+    if failed:
+        # The problem's statistics still describe the previous attempt.
+        timings.solve += elapsed
+    else:
+        stats = economy.problem.solver_stats
+        solve_time = stats.solve_time if stats is not None and stats.solve_time else None
+        compile_time = economy.problem.compilation_time or 0.0
+        timings.compile += compile_time
+        timings.solve += solve_time if solve_time is not None else max(elapsed - compile_time, 0.0)
     if raw not in STATUS_TABLE:
         logger.warning("solver %s returned unknown status %r", name, raw)
     termination, status = STATUS_TABLE.get(raw, (TerminationReason.UNKNOWN, SolutionStatus.NO_SOLUTION))
