@@ -5,10 +5,11 @@ Run on demand, not by the test suite:
     python benchmarks/bench_joint.py --sizes 100 1000 10000 --models 5 --seed 0
 
 For each number of tasks N the script generates an instance with
-``generate_instance``, validates it, builds the ``Economy``, solves it with
-``tokenomy.solvers.joint.solve``, then changes one task's value and solves
-again through ``Economy.update``, which reuses the compiled DPP problem when
-the structure is unchanged.
+``generate_instance``, validates it, builds the ``Economy`` and solves it with
+``tokenomy.solvers.joint.solve``. It then re-solves twice through
+``Economy.update``: after changing one task's value, then after also changing
+the compute budget. ``update`` reuses the compiled DPP problem when only
+CVXPY Parameters changed.
 
 Each size runs in its own child process, one after another. Peak memory is
 therefore per size, and a size that runs out of memory or time is recorded
@@ -38,6 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import tokenomy.model
 from tokenomy.model.economy import Economy
 from tokenomy.model.generate import generate_instance
 from tokenomy.model.loader import validate
@@ -50,9 +52,15 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "joint.json"
 DEFAULT_TIMEOUT_SECONDS = 900.0
 DEFAULT_MEMORY_SHARE = 0.8
 """Share of physical memory that one size may address when --memory-limit is not given."""
+# NOTE: RLIMIT_AS limits address space, not resident memory. On a machine
+# where other processes use memory too, the kernel OOM killer can still end
+# a size before the limit is reached. The run then records "killed by SIGKILL".
 
-VALUE_FACTOR = 1.1
-"""The re-solve multiplies the first task's value (USD per success) by this factor."""
+CHANGE_FACTOR = 1.1
+"""Each re-solve multiplies one field of the instance by this factor."""
+
+BUDGET_PATH = ("markets", "compute", "budget")
+"""Field changed by the second re-solve: the compute budget (USD per period)."""
 
 POLL_SECONDS = 0.1
 STDERR_TAIL_LINES = 20
@@ -88,24 +96,25 @@ def non_negative_float(text: str) -> float:
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time build, compile and solve of the joint conic program per number of tasks.")
-    parser.add_argument("--sizes", type=positive_int, nargs="+", default=list(DEFAULT_SIZES),
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=list(DEFAULT_SIZES), metavar="N",
                         help="Numbers of tasks to benchmark, run one after another "
                              f"(default: {' '.join(map(str, DEFAULT_SIZES))}).")
     parser.add_argument("--models", type=positive_int, default=5,
                         help="Number of model tiers in each instance (default: 5).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the instance generator (default: 0).")
     parser.add_argument("--solver", action="append", default=None, metavar="NAME",
-                        help="CVXPY solver to try, in order (repeatable); default: the fallback "
+                        help="CVXPY solver to try, in order (repeatable). Default: the fallback "
                              "order of tokenomy.solvers.joint.solve.")
-    parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_SECONDS,
-                        help="Wall-clock limit in seconds for each size, from instance generation "
-                             f"to the end of the re-solve (default: {DEFAULT_TIMEOUT_SECONDS:g}).")
+    parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
+                        help="Wall-clock limit in seconds for each size, from the start of its "
+                             "child process to the end of the re-solves "
+                             f"(default: {DEFAULT_TIMEOUT_SECONDS:g}).")
     parser.add_argument("--memory-limit", type=non_negative_float, default=None, metavar="GIB",
                         help="Address-space limit (RLIMIT_AS) in GiB for each size, so that a size "
                              "that runs out of memory fails with MemoryError instead of invoking "
-                             f"the kernel OOM killer; default: {DEFAULT_MEMORY_SHARE:.0%} of physical "
-                             "memory; 0 for no limit.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                             f"the kernel OOM killer. Default: {DEFAULT_MEMORY_SHARE * 100:.0f}%% of "
+                             "physical memory. 0 disables the limit.")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="PATH",
                         help="JSON file for the results (default: benchmarks/results/joint.json).")
     parser.add_argument("--worker-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", type=Path, default=None, help=argparse.SUPPRESS)
@@ -124,10 +133,33 @@ def write_json_atomic(path: Path, document: Any) -> None:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump(document, handle, indent=2)
             handle.write("\n")
+        os.chmod(temporary, 0o644)  # mkstemp creates the file readable by its owner only
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def describe_code() -> dict[str, Any]:
+    """Return where tokenomy was imported from and, for a git checkout, its commit.
+
+    ``modified`` lists the changed or untracked files under model/ and solvers/,
+    so that results from a tree with uncommitted changes can be identified.
+    """
+    root = Path(tokenomy.model.__file__).resolve().parent.parent
+    code: dict[str, Any] = {"path": str(root), "pythonpath": os.environ.get("PYTHONPATH"),
+                            "commit": None, "modified": None}
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True, timeout=60)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "model", "solvers"],
+                                check=True, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as error:
+        logger.warning("cannot read the git commit of %s: %s", root, error)
+        return code
+    code["commit"] = commit.stdout.strip()
+    code["modified"] = status.stdout.splitlines()
+    return code
 
 
 def max_rss_mib(usage: resource.struct_rusage) -> float:
@@ -142,7 +174,7 @@ def max_rss_mib(usage: resource.struct_rusage) -> float:
 def run_worker(arguments: argparse.Namespace) -> int:
     """Measure one size and write the record to ``--worker-output`` after every step."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output: Path = arguments.worker_output
     record: dict[str, Any] = {"stage": "started"}
 
@@ -154,6 +186,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
     if arguments.worker_memory_bytes > 0:
         limit = arguments.worker_memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    record["code"] = describe_code()
     checkpoint("started")
     try:
         measure_size(arguments.worker_size, arguments.models, arguments.seed, arguments.solver,
@@ -168,6 +201,8 @@ def run_worker(arguments: argparse.Namespace) -> int:
     except Exception as error:  # every failure of a size is a benchmark result
         record["error"] = f"{type(error).__name__}: {error}"
         checkpoint(record["stage"])
+        logger.error("tasks=%d failed after stage %r: %s", arguments.worker_size,
+                     record["stage"], record["error"])
         traceback.print_exc(file=sys.stderr)
         return 1
     return 0
@@ -198,21 +233,41 @@ def measure_size(
     record["first_solve"] = timed_solve(economy, solvers)
     checkpoint("solved")
 
+    # The task value is data of the objective, and the compute budget is a
+    # market right-hand side, so the two show both kinds of update. The
+    # changes accumulate: the budget re-solve keeps the changed task value.
+    task_value = ("tasks", next(iter(data["tasks"])), "value")
+    record["resolves"] = {}
+    for name, path in (("task_value", task_value), ("compute_budget", BUDGET_PATH)):
+        data = scaled_copy(data, path)
+        record["resolves"][name] = timed_update(economy, validate(data, source), path, solvers)
+        checkpoint(f"re-solved {name}")
+
+
+def scaled_copy(data: dict[str, Any], path: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with the number at ``path`` multiplied by CHANGE_FACTOR."""
     changed = copy.deepcopy(data)
-    task = next(iter(changed["tasks"]))
-    changed["tasks"][task]["value"] *= VALUE_FACTOR
-    new_instance = validate(changed, source)
+    node = changed
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] *= CHANGE_FACTOR
+    return changed
+
+
+def timed_update(
+    economy: Economy, instance: Any, path: Sequence[str], solvers: list[str] | None,
+) -> dict[str, Any]:
+    """Load ``instance`` with ``Economy.update``, solve again and return the timings."""
     started = time.perf_counter()
-    reused = economy.update(new_instance)
+    reused = economy.update(instance)
     update_seconds = time.perf_counter() - started
-    record["resolve"] = {
-        "changed_field": f"tasks.{task}.value",
-        "factor": VALUE_FACTOR,
+    return {
+        "changed_field": ".".join(path),
+        "factor": CHANGE_FACTOR,
         "compiled_problem_reused": reused,
         "update_seconds": update_seconds,
         **timed_solve(economy, solvers),
     }
-    checkpoint("resolved")
 
 
 def timed_solve(economy: Economy, solvers: list[str] | None) -> dict[str, Any]:
@@ -220,6 +275,9 @@ def timed_solve(economy: Economy, solvers: list[str] | None) -> dict[str, Any]:
     started = time.perf_counter()
     result = solve(economy, solvers)
     wall = time.perf_counter() - started
+    # Result.checks contains the outcome of the optimality checks that solve()
+    # runs after an optimal status. Versions of tokenomy before those checks lack it.
+    checks = getattr(result, "checks", None) or {}
     return {
         "compile_seconds": result.timings.compile,
         "solve_seconds": result.timings.solve,
@@ -228,6 +286,9 @@ def timed_solve(economy: Economy, solvers: list[str] | None) -> dict[str, Any]:
         "termination": result.termination.value,
         "solver": result.solver,
         "welfare": result.welfare,
+        "checks_passed": checks.get("passed"),
+        "check_violations": checks.get("violations", [])[:3],
+        "message": result.message,
         "attempts": result.attempts,
     }
 
@@ -283,17 +344,25 @@ def wait_with_limit(
     """
     deadline = time.monotonic() + timeout
     timed_out = False
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() >= deadline:
-            timed_out = True
-            logger.warning("size timed out after %g s; killing process group %d", timeout, process.pid)
-            os.killpg(process.pid, signal.SIGKILL)
-            _, status, usage = os.wait4(process.pid, 0)
-            break
-        time.sleep(POLL_SECONDS)
+    try:
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() >= deadline:
+                timed_out = True
+                logger.warning("child %d timed out after %g s and is killed with its process group",
+                               process.pid, timeout)
+                os.killpg(process.pid, signal.SIGKILL)
+                _, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        # The child runs in its own session, so it would outlive this process.
+        logger.warning("killing child %d and its process group before exiting", process.pid)
+        os.killpg(process.pid, signal.SIGKILL)
+        os.wait4(process.pid, 0)
+        raise
     # The child is reaped; tell Popen so that it does not wait for it again.
     process.returncode = os.waitstatus_to_exitcode(status)
     return status, usage, timed_out
@@ -320,12 +389,12 @@ def summarize(
         outcome = "failed"
 
     first = partial.get("first_solve") or {}
-    resolve = partial.get("resolve") or {}
     build = partial.get("build_seconds")
     compile_seconds = first.get("compile_seconds")
     total = build + first["wall_seconds"] if build is not None and first else None
     record: dict[str, Any] = {
         "tasks": size,
+        "commit": (partial.get("code") or {}).get("commit"),
         "outcome": outcome,
         "exit_code": exit_code,
         "last_stage": partial.get("stage"),
@@ -337,34 +406,49 @@ def summarize(
         "compile_seconds": compile_seconds,
         "solve_seconds": first.get("solve_seconds"),
         "solve_wall_seconds": first.get("wall_seconds"),
+        # Time inside solve() that is neither compile nor solver time: checks,
+        # reading prices and building the result. Negative when the library's
+        # timings exceed the wall clock.
+        "other_seconds": (first["wall_seconds"] - compile_seconds - first["solve_seconds"]
+                          if first else None),
         "total_seconds": total,
         "compile_share": compile_seconds / total if total else None,
         "status": first.get("status"),
         "termination": first.get("termination"),
         "solver": first.get("solver"),
         "welfare": first.get("welfare"),
+        "checks_passed": first.get("checks_passed"),
         "timings_exceed_wall_clock": timings_exceed_wall_clock(first),
     }
-    if resolve:
-        first_total = total
-        resolve_total = resolve["update_seconds"] + resolve["wall_seconds"]
-        record["resolve"] = {
-            **{key: resolve[key] for key in (
-                "changed_field", "factor", "compiled_problem_reused", "update_seconds",
-                "compile_seconds", "solve_seconds", "wall_seconds", "status", "solver", "welfare")},
-            "total_seconds": resolve_total,
-            "ratio_to_first": resolve_total / first_total if first_total else None,
-            "same_solver_as_first": resolve["solver"] == first.get("solver"),
-            "timings_exceed_wall_clock": timings_exceed_wall_clock(resolve),
-        }
+    record["resolves"] = {
+        name: summarize_resolve(resolve, first, total)
+        for name, resolve in (partial.get("resolves") or {}).items()
+    }
     return record
+
+
+def summarize_resolve(
+    resolve: dict[str, Any], first: dict[str, Any], first_total: float | None,
+) -> dict[str, Any]:
+    """Return the fields of one re-solve and its time relative to the first solve."""
+    resolve_total = resolve["update_seconds"] + resolve["wall_seconds"]
+    return {
+        **{key: resolve[key] for key in (
+            "changed_field", "factor", "compiled_problem_reused", "update_seconds",
+            "compile_seconds", "solve_seconds", "wall_seconds", "status", "solver", "welfare",
+            "checks_passed")},
+        "total_seconds": resolve_total,
+        "ratio_to_first": resolve_total / first_total if first_total else None,
+        "same_solver_as_first": resolve["solver"] == first.get("solver"),
+        "timings_exceed_wall_clock": timings_exceed_wall_clock(resolve),
+    }
 
 
 def timings_exceed_wall_clock(solve_record: dict[str, Any]) -> bool | None:
     """Return whether the library's compile plus solve seconds exceed the measured wall clock.
 
-    This happens when a solver rejects the problem before compiling it: the
-    library then adds the compile time of the previous attempt again.
+    This happens when a solver raises before compiling or solving, because the
+    library then adds the compile and solver time of the previous attempt again.
     """
     if not solve_record:
         return None
@@ -407,28 +491,45 @@ def format_seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def format_ratio(resolve: dict[str, Any] | None) -> str:
+    if not resolve or resolve["ratio_to_first"] is None:
+        return "-"
+    return f"{resolve['ratio_to_first']:.2f}" + ("" if resolve["compiled_problem_reused"] else "r")
+
+
+def format_status(row: dict[str, Any]) -> str:
+    if row["status"] is None:
+        return "-"
+    return row["status"] + (", checks failed" if row["checks_passed"] is False else "")
+
+
 def print_table(results: list[dict[str, Any]]) -> None:
     header = (f"{'tasks':>6} {'options':>7} {'variables':>9} {'build s':>8} {'compile s':>9} "
-              f"{'solve s':>8} {'total s':>8} {'compile':>7} {'peak MiB':>9} {'re-solve':>8}  "
-              f"{'status':<11} {'solver':<14} outcome")
+              f"{'solve s':>8} {'total s':>8} {'compile':>7} {'peak MiB':>9} {'value':>6} "
+              f"{'budget':>6}  {'status':<22} {'solver':<15} outcome")
     print(header)
     print("-" * len(header))
     for row in results:
         share = row["compile_share"]
-        resolve = row.get("resolve") or {}
-        ratio = resolve.get("ratio_to_first")
         flag = "*" if row["timings_exceed_wall_clock"] else ""
         print(f"{row['tasks']:>6} {row['options'] or '-':>7} {row['variables'] or '-':>9} "
               f"{format_seconds(row['build_seconds']):>8} "
               f"{format_seconds(row['compile_seconds']) + flag:>9} "
               f"{format_seconds(row['solve_seconds']):>8} {format_seconds(row['total_seconds']):>8} "
               f"{'-' if share is None else f'{share:.0%}':>7} {row['peak_rss_mib']:>9.0f} "
-              f"{'-' if ratio is None else f'{ratio:.2f}':>8}  "
-              f"{row['status'] or '-':<11} {row['solver'] or '-':<14} {row['outcome']}")
-    print("total s = build + wall clock of solve(); compile share = compile / total; "
-          "re-solve = (update + solve) / (build + solve) of the first solve.")
+              f"{format_ratio(row['resolves'].get('task_value')):>6} "
+              f"{format_ratio(row['resolves'].get('compute_budget')):>6}  "
+              f"{format_status(row):<22} {row['solver'] or '-':<15} {row['outcome']}")
+    print("total s = build + wall clock of solve(). compile share = compile / total.")
+    print("value, budget = (update + solve) / total of the first solve, after multiplying the first "
+          f"task's value or the compute budget by {CHANGE_FACTOR:g}; r = the problem was rebuilt.")
     if any(row["timings_exceed_wall_clock"] for row in results):
         print("* the library's compile + solve seconds exceed the measured wall clock of solve().")
+
+
+def raise_system_exit(signal_number: int, frame: Any) -> None:
+    """Turn SIGTERM into SystemExit, so that the running child is killed and temporary files are removed."""
+    raise SystemExit(f"stopped by {signal.Signals(signal_number).name}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -437,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_worker(arguments)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, raise_system_exit)
     if arguments.memory_limit is None:
         memory_bytes = int(DEFAULT_MEMORY_SHARE * physical_memory_bytes())
     else:
@@ -446,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": [Path(sys.executable).name, *sys.argv],
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": describe_machine(),
+        "code": describe_code(),
         "settings": {
             "sizes": arguments.sizes, "models": arguments.models, "seed": arguments.seed,
             "solvers": arguments.solver, "timeout_seconds": arguments.timeout,
