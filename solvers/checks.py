@@ -90,9 +90,9 @@ def check_solution(economy: Economy, result: Result, tolerances: Tolerances | No
                                   f"{price.slack:.4g} is {share:.3g} of welfare")
 
     worst = -np.inf
-    # NOTE: the equimarginal formulas know the four default layers only; with
-    # any other layer the residual check is skipped (feasibility and
-    # complementary slackness are still checked).
+    # NOTE: the equimarginal formulas know the four default layers only. With
+    # any other layer the residual check is skipped, while feasibility and
+    # complementary slackness are still checked.
     default = {"Router", "Agent", "Serving", "Capital"}
     rows = equimarginal(economy, result) if {type(layer).__name__ for layer in economy.layers} <= default else []
     for row in rows:
@@ -115,7 +115,7 @@ def _violation(constraint: cp.Constraint) -> float:
     """Return a constraint's largest violation, with closed forms for the cones.
 
     CVXPY (1.9) measures a power-cone residual by solving a projection
-    problem, which takes minutes on large programs; the closed forms below
+    problem, which takes minutes on large programs. The closed forms below
     measure how far each cone inequality fails instead.
     """
     if isinstance(constraint, cp.constraints.PowCone3D):

@@ -1,7 +1,7 @@
 """Flat pricing against congestion pricing in the serving market.
 
 Under flat per-token pricing a request weighs only the queueing delay it
-experiences itself; the resulting user (Wardrop) equilibrium maximises the
+experiences itself. The resulting user (Wardrop) equilibrium maximises the
 Beckmann potential instead of welfare (``Serving(mode="equilibrium")``). The
 system optimum charges each token its marginal delay, own plus external: the
 decode and prefill prices. Their difference from the delay a token

@@ -119,8 +119,11 @@ def _routing(economy: Economy, prices, thresholds: Thresholds) -> list[dict]:
                 continue
             cheaper = unit_price[data.option_model[k]] < unit_price[data.option_model[chosen]]
             stronger = data.max_success[k] > data.max_success[chosen]
-            name = "over-routing" if cheaper else "under-routing" if stronger else None
-            if name is None:
+            if cheaper:
+                name = "over-routing"
+            elif stronger:
+                name = "under-routing"
+            else:
                 continue
             found.append({
                 "mode": name, "task": task, "chosen": data.models[data.option_model[chosen]],

@@ -40,7 +40,7 @@ LAYER_OF = {"frontier-default": "router", "cost-min": "router", "token-min": "ag
 
 @dataclass
 class Step:
-    """What a policy changes in its layer's step: extra constraints and, optionally, the objective."""
+    """Changes a policy makes to its layer's step: extra constraints and, optionally, the objective."""
 
     constraints: list[cp.Constraint]
     objective: cp.Expression | None = None
