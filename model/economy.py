@@ -108,7 +108,7 @@ class Economy:
         }
         if reuse is not None:
             _check_same_structure(builder, reuse)
-            # The compiled problem holds the first build's constraints, so duals live there.
+            # The compiled problem contains the first build's constraints, so its duals are there.
             builder.constraints = reuse.constraints
         else:
             constraints = list(builder.constraints) + list(market_constraints.values())
@@ -183,6 +183,10 @@ class Economy:
 
     # -- reading ----------------------------------------------------------
 
+    def layer(self, name: str) -> Layer | None:
+        """Return the layer called ``name``, or ``None`` when the economy has none."""
+        return next((layer for layer in self.layers if layer.name == name), None)
+
     def market(self, name: str) -> MarketSpec:
         for spec in self.markets:
             if spec.name == name:
@@ -193,9 +197,10 @@ class Economy:
     def graph(self) -> nx.DiGraph:
         """Layer-market graph: an edge ``layer -> market`` where the layer uses the market.
 
-        Node attribute ``type`` is ``layer`` or ``market``; market nodes carry
-        ``kind``, ``mode`` and ``unit``; edges carry ``role``: ``demand`` when
-        any of the layer's contributions raises usage, ``supply`` when all lower it.
+        Node attribute ``type`` is ``layer`` or ``market``, and market nodes
+        carry ``kind``, ``mode`` and ``unit``. Edges carry ``role``, which is
+        ``demand`` when any of the layer's contributions raises usage and
+        ``supply`` when all of them lower it.
         """
         graph = nx.DiGraph()
         for layer in self.layers:

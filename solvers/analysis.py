@@ -73,7 +73,7 @@ def price_vector(economy: Economy, result: Result) -> PriceVector:
 
 def tokens_per_request(economy: Economy) -> np.ndarray:
     """Return tokens per routed request, shape (options, uses); NaN where unused."""
-    data, agent = economy.data, _agent(economy)
+    data, agent = economy.data, economy.layer("agent")
     route = economy.builder.variables["route"].value
     tokens = economy.builder.variables["tokens"].value
     result = np.full((data.option_count, len(data.uses)), np.nan)
@@ -85,7 +85,7 @@ def tokens_per_request(economy: Economy) -> np.ndarray:
 
 def review_minutes_per_request(economy: Economy) -> np.ndarray:
     """Return review minutes per routed request, shape (options, reviews)."""
-    data, agent = economy.data, _agent(economy)
+    data, agent = economy.data, economy.layer("agent")
     result = np.zeros((data.option_count, len(data.reviews)))
     if "review" not in economy.builder.variables:
         return result
@@ -180,7 +180,7 @@ def _risk_state(economy: Economy, tau: np.ndarray, minutes: np.ndarray) -> np.nd
 
 
 def _token_rows(economy: Economy, prices: PriceVector) -> list[dict]:
-    data, agent = economy.data, _agent(economy)
+    data, agent = economy.data, economy.layer("agent")
     route = economy.builder.variables["route"].value
     tau = tokens_per_request(economy)
     minutes = review_minutes_per_request(economy)
@@ -235,7 +235,7 @@ def _route_rows(economy: Economy, prices: PriceVector) -> list[dict]:
     effort, _ = _success_state(economy, tau)
     exponent = _risk_state(economy, tau, minutes)
     tasks = data.option_task
-    exposed = np.isin(np.arange(data.option_count), _agent(economy).index.risk_options)
+    exposed = np.isin(np.arange(data.option_count), economy.layer("agent").index.risk_options)
     loss_rate = np.where(exposed, data.loss[tasks] * data.wrong_action, 0.0)
     context_cost = context_marginal_cost(economy, prices)
     cache_credit = _cache_credit(economy)
@@ -304,7 +304,7 @@ def _cache_credit(economy: Economy) -> np.ndarray:
     """Value of the cache capacity a routed request brings (dual of the reuse bound)."""
     data = economy.data
     credit = np.zeros(data.option_count)
-    capital = next((layer for layer in economy.layers if layer.name == "capital"), None)
+    capital = economy.layer("capital")
     index = getattr(capital, "cache_index", None)
     if index is None or "cached" not in economy.builder.variables:
         return credit
@@ -344,7 +344,7 @@ def _training_rows(economy: Economy, prices: PriceVector) -> list[dict]:
     weights = weights / weights.sum()
     amount = builder.variables["training"].value
     effort = float(np.exp(np.sum(weights * np.log(np.maximum(amount, 1e-300)))))
-    capital = next(layer for layer in economy.layers if layer.name == "capital")
+    capital = economy.layer("capital")
     staleness = getattr(capital, "staleness", 1.0) or 1.0
     gain = training.value * training.max_gain * staleness * training.rate * np.exp(-training.rate * effort)
     pool = data.pools.index(training.pool)
@@ -367,7 +367,3 @@ def _row(kind, data, k, use, amount, benefit, cost) -> dict:
             "amount": float(np.nan_to_num(amount)), "marginal_benefit": float(benefit),
             "marginal_cost": float(cost), "residual": float(benefit - cost),
             "used": bool(np.nan_to_num(amount) > USED)}
-
-
-def _agent(economy: Economy):
-    return next(layer for layer in economy.layers if layer.name == "agent")

@@ -240,6 +240,8 @@ def compare_command(
         "--threshold", help="Failure-mode threshold, e.g. surplus=0.05 (surplus, marginal, "
         "shortfall, utilization; shares).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the full comparison as JSON.")] = False,
+    time_limit: Annotated[float | None, typer.Option(
+        help="Seconds allowed for the global solve and for each solver of every siloed step.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write compare.json into this directory.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Draw welfare, gap by layer and attribution to this PNG.")] = None,
     verbose: VerboseOption = 0,
@@ -251,7 +253,7 @@ def compare_command(
         views = resolve_views(instance.views, _parse_views(view or []))
         thresholds = _parse_thresholds(threshold or [])
         policies = dict(parse_policy(item) for item in policy or [])
-        report = run_comparison(Economy(instance), views, thresholds, attribution, policies)
+        report = run_comparison(Economy(instance), views, thresholds, attribution, policies, time_limit)
     except (TokenomyError, ValueError) as error:
         if isinstance(error, TokenomyError):
             raise _fail(error) from None
@@ -275,11 +277,12 @@ def congestion_command(
     file: Annotated[Path, typer.Argument(help="Instance file with at least one pool delay curve.")],
     set_: SetOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    time_limit: Annotated[float | None, typer.Option(help="Seconds allowed for each of the solves.")] = None,
 ) -> None:
     """Compare flat per-token pricing (user equilibrium) with congestion pricing (system optimum)."""
     try:
         instance = load_instance(file, set_ or [])
-        result = flat_pricing_equilibrium(instance)
+        result = flat_pricing_equilibrium(instance, time_limit)
     except TokenomyError as error:
         raise _fail(error) from None
     if json_output:
@@ -346,18 +349,21 @@ def _print_comparison(report: dict) -> None:
     console.print(f"gap: {report['gap']:,.4f} USD per period ({report['gap_percent']:.2f}%)")
     console.print(f"gap with budget overruns charged at equilibrium prices: "
                   f"{report['priced_gap']:,.4f} USD per period")
+
     views = Table(title="price views")
     views.add_column("layer")
     views.add_column("sees")
     for layer, keys in report["views"].items():
         views.add_row(layer, ", ".join(keys))
     console.print(views)
+
     layers = Table(title="gap by layer (global minus siloed welfare, USD per period)")
     layers.add_column("layer")
     layers.add_column("gap", justify="right")
     for layer, gap in report["gap_by_layer"].items():
         layers.add_row(layer, f"{gap:,.4f}")
     console.print(layers)
+
     if report["overruns"]:
         overruns = Table(title="budgets the siloed allocation overruns")
         for column in ("market", "budget", "usage", "excess", "unit"):
@@ -366,6 +372,7 @@ def _print_comparison(report: dict) -> None:
             overruns.add_row(escape(row["market"]), f"{row['rhs']:,.4g}", f"{row['usage']:,.4g}",
                              f"{row['excess']:,.4g}", row["unit"])
         console.print(overruns)
+
     modes = Table(title="failure modes detected")
     modes.add_column("mode")
     modes.add_column("where")
@@ -382,6 +389,7 @@ def _print_comparison(report: dict) -> None:
                             if isinstance(value, float))
         modes.add_row(row["mode"], escape(str(where)), escape(numbers))
     console.print(modes if report["failure_modes"] else "failure modes detected: none")
+
     attribution = report.get("attribution")
     if attribution:
         shares = Table(title="priced gap attributed to hidden prices (Shapley, USD per period)")
@@ -393,6 +401,7 @@ def _print_comparison(report: dict) -> None:
                            f"{attribution['single_reveal'][price]:,.4f}")
         console.print(shares)
         console.print(f"the single price that recovers the most welfare: {attribution['best_single_price']}")
+
     equilibrium = report.get("serving_equilibrium")
     if equilibrium and equilibrium.get("delay_cost_ratio"):
         console.print(f"queueing cost, flat pricing over congestion pricing: "
@@ -497,7 +506,7 @@ def main() -> None:
     """Entry point of the ``tokenomy`` console script."""
     try:
         app()
-    except Exception as error:  # a bug, not bad input: say so without a traceback
+    except Exception as error:  # a bug, not bad input: report it without a traceback
         if os.environ.get("TOKENOMY_DEBUG"):
             raise
         errors.print(f"internal error in tokenomy: {type(error).__name__}: {error}. "

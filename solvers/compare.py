@@ -15,7 +15,7 @@ from .analysis import USED, review_minutes_per_request, tokens_per_request
 from .congestion import flat_pricing_equilibrium
 from .failures import Thresholds, detect
 from .report import _clean
-from .siloed import PHYSICAL_KINDS, Comparison, compare
+from .siloed import PHYSICAL_KINDS, Comparison, compare, load_state
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ def _differences(economy: Economy, comparison: Comparison) -> dict:
     tokens = []
     states = {}
     for label, state in (("global", comparison.global_state), ("siloed", comparison.siloed_state)):
-        _load(economy, state)
+        load_state(economy, state)
         states[label] = (tokens_per_request(economy), review_minutes_per_request(economy))
-    _load(economy, comparison.global_state)
+    load_state(economy, comparison.global_state)
     for k in range(data.option_count):
         if max(global_vars["route"][k], siloed_vars["route"][k]) <= USED:
             continue
@@ -108,8 +108,8 @@ def _differences(economy: Economy, comparison: Comparison) -> dict:
     for p, pool in enumerate(data.pools):
         for phase in ("prefill", "decode"):
             pools.append({"pool": pool, "phase": phase,
-                          "utilization_global": _utilization(global_vars, phase, p),
-                          "utilization_siloed": _utilization(siloed_vars, phase, p),
+                          "utilization_global": comparison.global_state.utilization(phase, p),
+                          "utilization_siloed": comparison.siloed_state.utilization(phase, p),
                           "gpus_global": float(global_vars[f"gpus_{phase}"][p]),
                           "gpus_siloed": float(siloed_vars[f"gpus_{phase}"][p])})
     capital = {}
@@ -126,7 +126,7 @@ def attribute(economy: Economy, comparison: Comparison,
     A coalition of prices is revealed to every layer on top of its view, and
     the siloed run is repeated. A price's share is its average marginal
     contribution to siloed priced welfare (welfare with budget overruns
-    charged at equilibrium prices) over all orders of revealing; the shares
+    charged at equilibrium prices) over all orders of revealing. The shares
     add up to what the full reveal recovers, which is the priced gap.
     """
     hidden = _relevant_hidden(economy, comparison.views)
@@ -138,7 +138,8 @@ def attribute(economy: Economy, comparison: Comparison,
         for coalition in itertools.combinations(hidden, size):
             revealed = frozenset(coalition)
             views = {layer: frozenset(view) | revealed for layer, view in comparison.views.items()}
-            run = compare(economy, views, comparison.global_result, comparison.policies)
+            run = compare(economy, views, comparison.global_result, comparison.policies,
+                          comparison.time_limit)
             welfare[revealed] = run.priced_welfare(run.siloed_state)
             logger.info("revealing %s: siloed welfare %.6g", sorted(revealed) or "nothing", welfare[revealed])
 
@@ -181,29 +182,20 @@ def _relevant_hidden(economy: Economy, views: Mapping[str, frozenset[str]]) -> l
 
 
 def run_comparison(economy: Economy, views=None, thresholds: Thresholds | None = None,
-                   with_attribution: bool = False, policies=None) -> dict:
+                   with_attribution: bool = False, policies=None,
+                   time_limit: float | None = None) -> dict:
     """Compare, detect failure modes, optionally attribute, and return the report.
 
-    When a pool has a delay curve, the report also holds the flat-pricing
+    When a pool has a delay curve, the report also contains the flat-pricing
     equilibrium of the serving market next to the system optimum.
     """
-    comparison = compare(economy, views, policies=policies)
+    comparison = compare(economy, views, policies=policies, time_limit=time_limit)
     failures = detect(economy, comparison, thresholds)
     attribution = attribute(economy, comparison) if with_attribution else None
     report = compare_report(economy, comparison, failures, attribution)
     if any(pool.delay is not None for pool in economy.instance.pools.values()):
-        report["serving_equilibrium"] = _clean(flat_pricing_equilibrium(economy.instance))
+        report["serving_equilibrium"] = _clean(flat_pricing_equilibrium(economy.instance, time_limit))
     return report
-
-
-def _load(economy: Economy, state) -> None:
-    for name, value in state.variables.items():
-        economy.builder.variables[name].value = value
-
-
-def _utilization(variables, phase: str, pool: int) -> float | None:
-    gpus, load = variables[f"gpus_{phase}"][pool], variables[f"load_{phase}"][pool]
-    return float(load / gpus) if gpus > 1e-6 else None
 
 
 def _finite(value) -> float | None:

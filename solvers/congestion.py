@@ -27,30 +27,31 @@ IDLE_LOAD = 1e-6
 """Load or GPU count (GPU-equivalents) below which a pool phase counts as idle."""
 
 
-def flat_pricing_equilibrium(instance: Instance) -> dict:
+def flat_pricing_equilibrium(instance: Instance, time_limit: float | None = None) -> dict:
     """Compare the flat-pricing equilibrium with the congestion-priced system optimum.
 
     Returns
     -------
     dict
         Welfare and total queueing cost (USD per period) of both allocations,
+        each solve bounded by ``time_limit`` seconds when given,
         their ratio (the price of anarchy of flat pricing), and per pool and
         phase the utilisation of each and the toll at the optimum (USD per token).
     """
     system = Economy(instance)
-    optimum = solve(system)
+    optimum = solve(system, time_limit=time_limit)
     if not optimum.certified:
         raise SolveError(f"the system optimum is not certified: {optimum.message}")
     optimum_state = _snapshot(system)
 
     flat = Economy(instance, layers=[Router(), Agent(), Serving(mode="equilibrium"), Capital()])
-    equilibrium = solve(flat, check=False)
+    equilibrium = solve(flat, check=False, time_limit=time_limit)
     if not equilibrium.certified:
         raise SolveError(f"the flat-pricing equilibrium is not certified: {equilibrium.message}")
     decisions = {name: np.array(flat.builder.variables[name].value)
                  for layer in _layers_in_order(flat) for name in layer.decisions
                  if name in flat.builder.variables}
-    _evaluate(system, decisions)
+    _evaluate(system, decisions, time_limit)
     equilibrium_state = _snapshot(system)
 
     optimum_cost = -optimum_state.welfare_parts.get("waiting", 0.0)

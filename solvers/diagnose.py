@@ -225,7 +225,7 @@ def unbounded_directions(economy: Economy) -> list[str]:
     the cases checked.
     """
     data, messages = economy.data, []
-    agent = next(layer for layer in economy.layers if layer.name == "agent")
+    agent = economy.layer("agent")
     k, a = agent.index.pair_option, agent.index.pair_use
     share_in = data.input_share[a]
     models = data.option_model[k]

@@ -42,6 +42,7 @@ from .analysis import (
     token_marginal_cost,
     tokens_per_request,
 )
+from .siloed import load_state
 
 FAILURE_MODES = ("over-routing", "under-routing", "over-delegation", "under-verification",
                  "serving congestion", "stale rollouts", "cache misuse")
@@ -78,26 +79,21 @@ def detect(economy: Economy, comparison, thresholds: Thresholds | None = None) -
     thresholds = thresholds or Thresholds()
     found: list[dict] = []
     state = comparison.siloed_state
-    _load(economy, state)
+    load_state(economy, state)
     prices = price_vector(economy, comparison.global_result)
     found += _routing(economy, prices, thresholds)
     found += _verification(economy, comparison, prices, thresholds)
     found += _congestion(economy, comparison, thresholds)
     found += _capital(economy, comparison, prices, thresholds)
-    _load(economy, comparison.global_state)
+    load_state(economy, comparison.global_state)
     return found
-
-
-def _load(economy: Economy, state) -> None:
-    for name, value in state.variables.items():
-        economy.builder.variables[name].value = value
 
 
 def _routing(economy: Economy, prices, thresholds: Thresholds) -> list[dict]:
     data = economy.data
     route = economy.builder.variables["route"].value
     cost = token_marginal_cost(economy, prices)
-    exposed = np.isin(np.arange(data.option_count), _agent(economy).index.risk_options)
+    exposed = np.isin(np.arange(data.option_count), economy.layer("agent").index.risk_options)
     loss_rate = np.where(exposed, data.loss[data.option_task] * data.wrong_action, 0.0)
     context = context_marginal_cost(economy, prices)
     reviews = review_marginal_cost(economy, prices) if len(data.reviews) else None
@@ -136,14 +132,14 @@ def _routing(economy: Economy, prices, thresholds: Thresholds) -> list[dict]:
 
 def _verification(economy: Economy, comparison, prices, thresholds: Thresholds) -> list[dict]:
     data = economy.data
-    agent = _agent(economy)
+    agent = economy.layer("agent")
     route = economy.builder.variables["route"].value
     siloed_tokens = tokens_per_request(economy)
     siloed_minutes = review_minutes_per_request(economy)
-    _load(economy, comparison.global_state)
+    load_state(economy, comparison.global_state)
     global_tokens = tokens_per_request(economy)
     global_minutes = review_minutes_per_request(economy)
-    _load(economy, comparison.siloed_state)
+    load_state(economy, comparison.siloed_state)
 
     cost = token_marginal_cost(economy, prices)
     review_cost = review_marginal_cost(economy, prices)
@@ -189,8 +185,8 @@ def _congestion(economy: Economy, comparison, thresholds: Thresholds) -> list[di
     for p, pool in enumerate(economy.data.pools):
         delay = economy.instance.pools[pool].delay
         for phase in ("prefill", "decode"):
-            realised = _utilization(comparison.siloed_state, phase, p)
-            optimum = _utilization(comparison.global_state, phase, p)
+            realised = comparison.siloed_state.utilization(phase, p)
+            optimum = comparison.global_state.utilization(phase, p)
             if realised is None or optimum is None:
                 continue
             wait_realised = delay_per_token(delay, realised, 1.0) if delay else None
@@ -233,7 +229,7 @@ def _stale_rollouts(economy: Economy, comparison, prices, thresholds: Thresholds
 
 
 def _cache_misuse(economy: Economy, comparison, prices, thresholds: Thresholds) -> list[dict]:
-    capital = next((layer for layer in economy.layers if layer.name == "capital"), None)
+    capital = economy.layer("capital")
     index = getattr(capital, "cache_index", None)
     if index is None or "cached" not in comparison.siloed_state.variables:
         return []
@@ -257,15 +253,3 @@ def _cache_misuse(economy: Economy, comparison, prices, thresholds: Thresholds) 
                           "quality_loss_per_unit": float(loss), "prefill_saving_per_unit": float(saving),
                           "unit": "USD per request share served from the cache"})
     return found
-
-
-def _utilization(state, phase: str, pool: int) -> float | None:
-    gpus = state.variables.get(f"gpus_{phase}")
-    load = state.variables.get(f"load_{phase}")
-    if gpus is None or load is None or gpus[pool] <= 1e-6:
-        return None
-    return float(load[pool] / gpus[pool])
-
-
-def _agent(economy: Economy):
-    return next(layer for layer in economy.layers if layer.name == "agent")

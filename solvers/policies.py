@@ -2,9 +2,9 @@
 
 By default a siloed layer maximises welfare as seen through its price view.
 A policy replaces that with a common rule of thumb. Each policy returns extra
-constraints for the layer's step (and optionally its own objective); the
-step still optimises every variable so that the later layers' anticipated
-responses stay consistent, and only the layer's decisions are committed.
+constraints for the layer's step, and optionally its own objective. The step
+still optimises every variable, so the later layers' anticipated responses
+stay consistent, but only the layer's decisions are committed.
 
 =================================  ========  =============================================
 policy                             layer     rule
@@ -121,7 +121,7 @@ def _token_min(target: float) -> Policy:
         builder = economy.builder
         if "shortfall" not in builder.variables:
             return Step([])
-        agent = next(layer for layer in economy.layers if layer.name == "agent")
+        agent = economy.layer("agent")
         options = agent.index.variable_options
         route = builder.variables["route"][options]
         # Success q * (route - shortfall) >= target * q * route.
@@ -165,5 +165,5 @@ def _rollout_max(economy: Economy) -> Step:
     training = economy.instance.capital.training
     if training is None:
         return Step([])
-    # The most training effort the leftover GPUs allow, at the curve's best input mix.
+    # The maximum training effort the leftover GPUs allow, at the curve's best input mix.
     return Step([], objective=cp.sum(builder.variables["training_effort"]))

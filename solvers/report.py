@@ -155,7 +155,7 @@ def pool_table(economy: Economy) -> list[dict]:
 
 def capital_summary(economy: Economy) -> dict:
     summary: dict = {}
-    capital = next((layer for layer in economy.layers if layer.name == "capital"), None)
+    capital = economy.layer("capital")
     variables = economy.builder.variables
     cache_index = getattr(capital, "cache_index", None)
     if cache_index is not None and "cache_size" in variables:

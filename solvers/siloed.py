@@ -39,10 +39,13 @@ import numpy as np
 from ..model.economy import Economy
 from ..model.errors import SolveError
 from ..model.views import LAYER_ORDER, resolve_views
-from .joint import solve
+from .joint import TIME_LIMIT_OPTION, solve
 from .result import Result
 
 logger = logging.getLogger(__name__)
+
+IDLE_GPUS = 1e-6
+"""GPUs (a continuous count) below which a pool phase counts as idle."""
 
 PHYSICAL_KINDS = frozenset({"prefill", "decode", "kv", "gpu"})
 """Market kinds that are capacities: always constraints, whatever the view."""
@@ -60,6 +63,14 @@ class Realised:
     usage: dict[str, np.ndarray]
     variables: dict[str, np.ndarray]
 
+    def utilization(self, phase: str, pool: int) -> float | None:
+        """Return load over GPUs of a pool phase, or ``None`` when it has no GPUs."""
+        gpus = self.variables.get(f"gpus_{phase}")
+        load = self.variables.get(f"load_{phase}")
+        if gpus is None or load is None or gpus[pool] <= IDLE_GPUS:
+            return None
+        return float(load[pool] / gpus[pool])
+
 
 @dataclass
 class Comparison:
@@ -73,6 +84,7 @@ class Comparison:
     policies: Mapping[str, object] | None = None
     markets: list = field(default_factory=list)
     prices: dict[str, float] = field(default_factory=dict)
+    time_limit: float | None = None
 
     @property
     def policy_names(self) -> dict[str, str]:
@@ -110,12 +122,13 @@ class Comparison:
 
 def compare(economy: Economy, views: Mapping[str, frozenset[str]] | None = None,
             global_result: Result | None = None, policies: Mapping[str, object] | None = None,
-            ) -> Comparison:
+            time_limit: float | None = None) -> Comparison:
     """Solve globally, run the layers siloed, and evaluate both allocations.
 
     ``views`` defaults to the instance's ``views`` over the default views.
     ``policies`` maps a layer to a policy from :mod:`tokenomy.solvers.policies`
-    that replaces its view-restricted optimisation.
+    that replaces its view-restricted optimisation. ``time_limit`` bounds the
+    global solve and each solver of every step (seconds).
 
     Raises
     ------
@@ -124,7 +137,7 @@ def compare(economy: Economy, views: Mapping[str, frozenset[str]] | None = None,
         the siloed layers see) or a siloed step has no solution.
     """
     views = dict(views) if views is not None else resolve_views(economy.instance.views)
-    result = global_result or solve(economy)
+    result = global_result or solve(economy, time_limit=time_limit)
     if not result.certified:
         raise SolveError(f"the global solve is not certified ({result.termination.value}: "
                          f"{result.message}); a siloed run needs its equilibrium prices")
@@ -135,18 +148,18 @@ def compare(economy: Economy, views: Mapping[str, frozenset[str]] | None = None,
     for layer in _layers_in_order(economy):
         view = views.get(layer.name, frozenset())
         policy = (policies or {}).get(layer.name)
-        _solve_step(economy, view, prices, fixed, f"siloed {layer.name} step", policy)
+        _solve_step(economy, view, prices, fixed, f"siloed {layer.name} step", policy, time_limit)
         for name in layer.decisions:
             if name in economy.builder.variables:
                 fixed[name] = np.array(economy.builder.variables[name].value)
         logger.info("siloed %s committed %s", layer.name, ", ".join(layer.decisions))
 
-    _evaluate(economy, fixed)
+    _evaluate(economy, fixed, time_limit)
     siloed_state = _snapshot(economy)
     overruns = _overruns(economy, siloed_state)
-    _restore(economy, global_state)
+    load_state(economy, global_state)
     return Comparison(views, result, global_state, siloed_state, overruns, policies,
-                      list(economy.markets), prices)
+                      list(economy.markets), prices, time_limit)
 
 
 def _layers_in_order(economy: Economy):
@@ -159,7 +172,8 @@ def _sees(view: frozenset[str], spec) -> bool:
     return spec.kind in view or (spec.kind == "resource" and "resource" in view)
 
 
-def _solve_step(economy: Economy, view, prices, fixed, label: str, policy=None) -> None:
+def _solve_step(economy: Economy, view, prices, fixed, label: str, policy=None,
+                time_limit: float | None = None) -> None:
     """Maximise welfare as seen through ``view`` with ``fixed`` decisions held.
 
     A ``policy`` adds its constraints and may replace the objective.
@@ -180,43 +194,56 @@ def _solve_step(economy: Economy, view, prices, fixed, label: str, policy=None) 
             continue
         terms.append(builder.linear(name, scale))
 
-    constraints = list(builder.constraints)
+    constraints = _hard_constraints(economy, fixed)
     for spec in economy.markets:
-        if spec.quantity not in builder.quantities:
-            continue
-        usage = builder.linear(spec.quantity)[spec.rows]
-        if spec.mode == "equality":
-            constraints.append(usage == spec.rhs)
-        elif spec.kind in PHYSICAL_KINDS and spec.mode != "price":
-            constraints.append(usage / spec.scale <= spec.rhs / spec.scale)
-        elif _sees(view, spec):
+        if spec.quantity in builder.quantities and not _is_hard(spec) and _sees(view, spec):
+            usage = builder.linear(spec.quantity)[spec.rows]
             row_prices = (spec.price * spec.weight if spec.mode == "price"
                           else np.array([prices[label_] for label_ in spec.labels]))
             terms.append(-(row_prices / scale) @ usage)
-    for name, value in fixed.items():
-        constraints.append(builder.variables[name] == value)
     objective = cp.Maximize(sum(cp.sum(term) for term in terms))
     if policy is not None:
         step = policy(economy)
         constraints += step.constraints
         if step.objective is not None:
             objective = cp.Maximize(step.objective)
-    _run(cp.Problem(objective, constraints), label)
+    _run(cp.Problem(objective, constraints), label, time_limit)
+
+
+def _is_hard(spec) -> bool:
+    """Routing rows and physical capacities hold in every step, whatever the view."""
+    return spec.mode == "equality" or (spec.kind in PHYSICAL_KINDS and spec.mode != "price")
+
+
+def _hard_constraints(economy: Economy, fixed: dict[str, np.ndarray]) -> list[cp.Constraint]:
+    """Return the layers' own constraints, routing, physical capacities and the fixed decisions."""
+    builder = economy.builder
+    constraints = list(builder.constraints)
+    for spec in economy.markets:
+        if spec.quantity not in builder.quantities or not _is_hard(spec):
+            continue
+        usage = builder.linear(spec.quantity)[spec.rows]
+        if spec.mode == "equality":
+            constraints.append(usage == spec.rhs)
+        else:
+            constraints.append(usage / spec.scale <= spec.rhs / spec.scale)
+    constraints += [builder.variables[name] == value for name, value in fixed.items()]
+    return constraints
 
 
 def _staleness(economy: Economy) -> float:
-    capital = next((layer for layer in economy.layers if layer.name == "capital"), None)
+    capital = economy.layer("capital")
     return getattr(capital, "staleness", 1.0) or 1.0
 
 
-def _evaluate(economy: Economy, fixed: dict[str, np.ndarray]) -> None:
+def _evaluate(economy: Economy, fixed: dict[str, np.ndarray], time_limit: float | None = None) -> None:
     """Set the non-decision variables to their true values under the committed decisions.
 
     With every decision fixed, what remains are epigraph variables (missing
     success, wrong-action exposure, queueing delay, capability) and the pool
-    loads. Maximising full welfare makes the value and delay epigraphs tight;
-    small extra weights on exposure and loads make those tight too, which
-    does not change any decision.
+    loads. Maximising full welfare makes the value and delay epigraphs tight.
+    Small extra weights on exposure and loads make those tight too, and they
+    change no decision.
     """
     builder, scale = economy.builder, economy.welfare_scale
     terms = [builder.linear(name, scale) for name in sorted(builder.quantities)
@@ -226,32 +253,30 @@ def _evaluate(economy: Economy, fixed: dict[str, np.ndarray]) -> None:
     for name in ("load_prefill", "load_decode"):
         if name in builder.variables:
             terms.append(-1e-6 * cp.sum(builder.variables[name]))
-    constraints = list(builder.constraints)
-    for spec in economy.markets:
-        if spec.quantity in builder.quantities and spec.kind in PHYSICAL_KINDS | {"routing"} \
-                and spec.mode != "price":
-            usage = builder.linear(spec.quantity)[spec.rows]
-            if spec.mode == "equality":
-                constraints.append(usage == spec.rhs)
-            else:
-                constraints.append(usage / spec.scale <= spec.rhs / spec.scale)
-    constraints += [builder.variables[name] == value for name, value in fixed.items()]
     objective = cp.Maximize(sum(cp.sum(term) for term in terms))
-    _run(cp.Problem(objective, constraints), "evaluation of the siloed allocation")
+    _run(cp.Problem(objective, _hard_constraints(economy, fixed)),
+         "evaluation of the siloed allocation", time_limit)
 
 
-def _run(problem: cp.Problem, label: str) -> None:
+def _run(problem: cp.Problem, label: str, time_limit: float | None = None) -> None:
+    """Solve one step with Clarabel, then SCS; ``time_limit`` bounds each solver (seconds)."""
     for solver in EVALUATION_SOLVERS:
+        options = {}
+        if time_limit is not None:
+            options[TIME_LIMIT_OPTION[solver]] = float(time_limit)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                problem.solve(solver=solver)
+                problem.solve(solver=solver, **options)
         except cp.SolverError as error:
             logger.warning("%s: %s failed (%s)", label, solver, error)
             continue
         if problem.status == cp.OPTIMAL:
             return
         logger.info("%s: %s returned %s; trying the next solver", label, solver, problem.status)
+    if problem.status == cp.USER_LIMIT:
+        raise SolveError(f"{label} timed out after the time limit of {time_limit:g} s; "
+                         "raise --time-limit")
     raise SolveError(f"{label} has no solution ({problem.status}); the committed decisions of "
                      "earlier layers may leave the physical capacities unable to serve the load")
 
@@ -279,7 +304,8 @@ def _snapshot(economy: Economy) -> Realised:
     return Realised(sum(parts.values()), parts, by_layer, usage, variables)
 
 
-def _restore(economy: Economy, state: Realised) -> None:
+def load_state(economy: Economy, state: Realised) -> None:
+    """Set the economy's variables to the values recorded in ``state``."""
     for name, value in state.variables.items():
         economy.builder.variables[name].value = value
 

@@ -279,3 +279,18 @@ def test_priced_gap_is_never_negative(path):
     market_value = sum(row["value"] for row in report["gap_by_market"])
     assert report["priced_gap"] == pytest.approx(report["gap"] + market_value,
                                                  rel=1e-6, abs=1e-6 * abs(report["global_welfare"]))
+
+
+def test_compare_honours_time_limit():
+    from tokenomy.model.errors import SolveError
+
+    economy = Economy(load_instance(CODING_AGENT))
+    with pytest.raises(SolveError, match="time limit"):
+        compare(economy, time_limit=1e-5)
+
+
+def test_compare_cli_time_limit():
+    result = CliRunner().invoke(app, ["compare", str(CODING_AGENT), "--time-limit", "0.00001"])
+    assert result.exit_code == 3
+    assert "time limit" in result.output
+    assert "Traceback" not in result.output
