@@ -67,10 +67,10 @@ def generate_instance(tasks: int, models: int = 5, seed: int = 0) -> dict:
             "quality": quality,
         }
 
-    # Size each pool so that it alone could carry the whole load (prefill of
-    # context plus about 25,000 read and verify tokens, decode of about 6,000
-    # tokens per request); shared by two pools, utilisation stays near half,
-    # away from the steep end of the queueing curve.
+    # Size each pool so that it alone could carry the whole load: prefill of the
+    # context plus about 25,000 read and verify tokens, and decode of about
+    # 6,000 tokens per request. Two pools then run near half utilisation, away
+    # from the steep end of the queueing curve.
     prefill_gpus = float(np.sum(volume * (context + 25000))) / 3600 / 10000
     decode_gpus = float(np.sum(volume * 6000)) / 3600 / 1500
     gpus = max(2.0, float(np.ceil(prefill_gpus + decode_gpus)))

@@ -281,10 +281,12 @@ def _problem(error: Mapping[str, Any], data: Mapping[str, Any]) -> FieldProblem:
         part for index, part in enumerate(location)
         if not (part in CURVE_TAGS and index >= 1 and _is_quality_entry(location[:index]))
     ]
+
     path = ".".join(location) or "(top level)"
     kind = error["type"]
     value = error.get("input", MISSING)
     message = error["msg"][0].lower() + error["msg"][1:]
+
     if kind == "missing":
         return FieldProblem(path, MISSING, "is required but missing", "add this field")
     if kind == "extra_forbidden":

@@ -1,11 +1,10 @@
-"""Price views: which prices each layer sees when it optimises on its own.
+"""Price views: the prices each layer takes into account when it optimises alone.
 
-The defaults follow Zhu, "Agentic AI Systems Should Be Designed as Marginal
-Token Allocators" (arXiv 2605.01214, Table 1): the router sees task value and
-compute cost, the agent risk and task value, serving latency and compute
-cost, capital compute cost and risk. Each layer also sees the markets it
-manages itself (oversight for the agent; GPUs and pool loads for serving and
-capital).
+By default each layer uses the one or two prices it is usually given: the
+router task value and compute cost, the agent risk and task value, serving
+latency and compute cost, capital compute cost and risk. Each layer also
+uses the prices of the markets it manages itself: oversight for the agent,
+and GPUs and pool loads for serving and capital.
 """
 
 from __future__ import annotations
@@ -19,10 +18,10 @@ VIEW_KEYS = frozenset({"value", "capability", "compute", "latency", "risk", "ove
                        "gpu", "prefill", "decode", "kv", "resource"})
 """Prices a view may contain.
 
-``value`` is the task values (and the quality a shared cache costs them),
-``capability`` the depreciated value of training, ``latency`` the latency SLA
-price and the cost of queueing delay, ``resource`` every resource market; the
-others are market kinds.
+``value`` covers the task values and the quality a shared cache costs them.
+``capability`` is the depreciated value of training, ``latency`` the latency
+SLA price and the cost of queueing delay, and ``resource`` every resource
+market. The other names are market kinds.
 """
 
 DEFAULT_VIEWS: dict[str, frozenset[str]] = {
@@ -57,5 +56,5 @@ def resolve_views(*overrides: Mapping[str, object] | None) -> dict[str, frozense
 
 
 def full_views() -> dict[str, frozenset[str]]:
-    """Return views in which every layer sees every price."""
+    """Return views that give every layer every price."""
     return {layer: VIEW_KEYS for layer in LAYER_ORDER}

@@ -141,6 +141,7 @@ def _run(economy, name, time_limit, attempts, timings) -> tuple[TerminationReaso
             options[TIME_LIMIT_OPTION[name]] = float(time_limit)
         else:
             logger.warning("solver %s takes no time limit; its iteration limit applies", name)
+
     started = time.perf_counter()
     failed = False
     try:
@@ -152,6 +153,7 @@ def _run(economy, name, time_limit, attempts, timings) -> tuple[TerminationReaso
     except cp.SolverError as error:
         raw, failed = cp.SOLVER_ERROR, True
         logger.warning("solver %s failed: %s", name, error)
+
     elapsed = time.perf_counter() - started
     if failed:
         # The problem's statistics still describe the previous attempt.
@@ -162,11 +164,13 @@ def _run(economy, name, time_limit, attempts, timings) -> tuple[TerminationReaso
         compile_time = economy.problem.compilation_time or 0.0
         timings.compile += compile_time
         timings.solve += solve_time if solve_time is not None else max(elapsed - compile_time, 0.0)
+
     if raw not in STATUS_TABLE:
         logger.warning("solver %s returned unknown status %r", name, raw)
     termination, status = STATUS_TABLE.get(raw, (TerminationReason.UNKNOWN, SolutionStatus.NO_SOLUTION))
     if time_limit is not None and status is not SolutionStatus.OPTIMAL and elapsed >= 0.9 * time_limit:
         termination = TerminationReason.LIMIT
+
     attempts.append({"solver": name, "status": raw, "seconds": round(elapsed, 4)})
     return termination, status
 

@@ -78,8 +78,8 @@ def highs_model(form: LinearForm, integer: np.ndarray | None = None) -> highspy.
 def irreducible_infeasible_subset(form: LinearForm, lp: highspy.HighsLp) -> list[dict]:
     """Return the rows of an irreducible infeasible subset of the LP relaxation.
 
-    HiGHS computes the subset from the LP (integrality dropped); each row is
-    mapped back to its market row and instance field, or to the layer
+    HiGHS computes the subset from the LP with integrality dropped. Each row
+    is mapped back to its market row and instance field, or to the layer
     constraint it belongs to. Returns an empty list when the LP relaxation is
     feasible (the integrality alone makes the instance infeasible).
     """

@@ -109,7 +109,7 @@ def test_checks_recorded_on_success():
 
 
 def test_failed_checks_move_to_next_solver():
-    """Tolerances no solver can meet: every attempt fails and the report says so."""
+    """Tolerances no solver can meet: every attempt fails and the report states it."""
     from tokenomy.solvers.checks import Tolerances
 
     impossible = Tolerances(feasibility=-1.0)

@@ -17,7 +17,7 @@ TOKEN_RTOL = 5e-3
 GPU_RTOL = 3e-2
 """GPU splits and market usages agree to this relative tolerance. The small pool
 runs at under 10% utilisation, so welfare is nearly flat in its GPU split and
-an interior-point optimum pins that split only loosely; welfare itself agrees
+an interior-point optimum pins that split only loosely. Welfare itself agrees
 to 1e-5."""
 
 PRICED_KINDS = ("compute", "risk", "oversight", "latency", "gpu")

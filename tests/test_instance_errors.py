@@ -71,7 +71,8 @@ def test_unknown_market_kind(tmp_path, worked):
     worked["markets"]["carbon"] = {"kind": "carbon", "budget": 3}
     error, message = error_for(write(tmp_path, worked))
     assert "markets.carbon.kind = 'carbon'" in message
-    assert "'compute'" in message and "'resource'" in message
+    assert "'compute'" in message
+    assert "'resource'" in message
 
 
 def test_market_with_budget_and_price(tmp_path, worked):

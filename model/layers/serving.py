@@ -76,7 +76,7 @@ class Serving:
         * mm1: ``theta * d * L**2 / (g - L)``, a rotated second-order cone;
         * polynomial: ``theta * (f * L + s * L**(k+1) / g**k)``, a power cone.
 
-        In ``equilibrium`` mode the objective holds the Beckmann potential
+        In ``equilibrium`` mode the objective contains the Beckmann potential
         instead, the integral of the delay per token over the load, so its
         optimum is the flat-pricing (Wardrop) equilibrium in which requests
         weigh only the delay they experience:
