@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .schema import CobbDouglasCurve, ConstantCurve, Instance, LeontiefCurve, SaturatingCurve
+from .schema import (
+    CobbDouglasCurve,
+    ConstantCurve,
+    EffortCurve,
+    Instance,
+    LeontiefCurve,
+    SaturatingCurve,
+)
 from .validation import quality_curve
 
 PER_MILLION = 1e-6
@@ -18,6 +25,7 @@ DEFAULT_TOKEN_SCALE = 1000.0
 """Token scale (tokens per request) for uses that a curve does not name."""
 
 FAMILIES = ("constant", "saturating", "cobb_douglas", "leontief")
+"""Families the agent layer formulates itself. Other families come from the registry."""
 
 
 @dataclass
@@ -73,6 +81,11 @@ class EconomyData:
     review_wage: np.ndarray
     footprint: dict[str, np.ndarray] = field(default_factory=dict)
     review_footprint: dict[str, np.ndarray] = field(default_factory=dict)
+    # tenants: declared under ``tenants``, or else named by the tasks (task_tenant -1: none)
+    tenants: list[str] = field(default_factory=list)
+    task_tenant: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    # the quality entry of each option (families from extensions read their parameters here)
+    curves: list = field(default_factory=list)
 
     @property
     def option_count(self) -> int:
@@ -124,6 +137,7 @@ def compile_data(instance: Instance) -> EconomyData:
     use_objects = [instance.uses[name] for name in uses]
     review_objects = [instance.uses[name] for name in reviews]
     resources = [name for name, market in instance.markets.items() if market.kind == "resource"]
+    tenants = tenant_names(instance)
 
     return EconomyData(
         period=instance.period_seconds,
@@ -141,8 +155,19 @@ def compile_data(instance: Instance) -> EconomyData:
         review_footprint={
             r: np.array([u.footprint.get(r, 0.0) for u in review_objects]) for r in resources
         },
+        tenants=tenants,
+        task_tenant=np.array([tenants.index(instance.tasks[name].tenant)
+                              if instance.tasks[name].tenant in tenants else -1 for name in tasks],
+                             dtype=int),
         **task_array, **model_array, **option_array,
     )
+
+
+def tenant_names(instance: Instance) -> list[str]:
+    """Return the declared tenants, or the tenants the tasks name in order of appearance."""
+    if instance.tenants:
+        return list(instance.tenants)
+    return list(dict.fromkeys(task.tenant for task in instance.tasks.values() if task.tenant))
 
 
 def _task_arrays(instance: Instance, tasks: list[str]) -> dict[str, np.ndarray]:
@@ -213,7 +238,8 @@ def _option_arrays(
             for use, beta in curve.weights.items():
                 a = position[use]
                 scale[k, a], weight[k, a], in_curve[k, a] = curve.scales[use], beta / total, True
-        elif isinstance(curve, LeontiefCurve):
+        elif isinstance(curve, (LeontiefCurve, EffortCurve)):
+            # An extension's family also bounds effort through its token scales.
             for use, tokens in curve.scales.items():
                 a = position[use]
                 scale[k, a], weight[k, a], in_curve[k, a] = tokens, 1.0, True
@@ -223,4 +249,5 @@ def _option_arrays(
         "option_model": np.array([r[1] for r in rows], dtype=int),
         "family": family, "max_success": max_success, "rate": rate, "wrong_action": wrong,
         "scale": scale, "weight": weight, "in_curve": in_curve, "fixed_tokens": fixed,
+        "curves": [r[2] for r in rows],
     }

@@ -17,7 +17,8 @@ from .layers.base import WELFARE, Layer
 from .layers.capital import Capital
 from .layers.router import Router
 from .layers.serving import Serving
-from .markets import MarketSpec, define_markets
+from .markets import MarketSpec, define_markets, meter_markets
+from .registry import instance_layers
 from .schema import Instance
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class Economy:
     instance:
         A validated instance (see :func:`tokenomy.model.load_instance`).
     layers:
-        Layers in request order; defaults to :func:`default_layers`.
+        Layers in request order; defaults to :func:`default_layers` followed
+        by the extension layers the instance enables under ``layers``.
     prices:
         Exogenous price per row for priced markets, overriding the instance
         (``{market name: array}``, in the market's price unit).
@@ -74,7 +76,8 @@ class Economy:
         prices: Mapping[str, np.ndarray | float] | None = None,
         offsets: Mapping[str, np.ndarray | float] | None = None,
     ):
-        self.layers = list(layers) if layers is not None else default_layers()
+        self._instance_layers = layers is None
+        self.layers = list(layers) if layers is not None else _layers_for(instance)
         self.markets: list[MarketSpec] = []
         self._build(instance, prices or {}, offsets or {}, reuse=None)
 
@@ -86,6 +89,7 @@ class Economy:
         builder = Builder(reuse=reuse)
         for layer in self.layers:
             layer.declare(builder, data, instance)
+        meter_markets(builder, data, instance)
         markets = define_markets(instance, data)
         old_scales = {spec.name: spec.scale for spec in self.markets} if reuse is not None else {}
         for spec in markets:
@@ -173,6 +177,11 @@ class Economy:
         any other number or the structure changed and the problem was rebuilt.
         """
         instance = instance or self.instance
+        if self._instance_layers and list(instance.layers) != list(self.instance.layers):
+            logger.info("the instance enables other layers; rebuilding the problem")
+            self.layers = _layers_for(instance)
+            self._build(instance, prices or {}, offsets or {}, reuse=None)
+            return False
         try:
             self._build(instance, prices or {}, offsets or {}, reuse=self.builder)
             return True
@@ -223,6 +232,11 @@ class Economy:
         return (f"{len(self.data.tasks)} tasks, {len(self.data.models)} models, "
                 f"{self.data.option_count} options, {len(self.markets)} markets, "
                 f"{sum(v.size for v in problem.variables())} variables")
+
+
+def _layers_for(instance: Instance) -> list[Layer]:
+    """Return the default layers followed by the extension layers ``instance`` enables."""
+    return default_layers() + instance_layers(instance)
 
 
 def _check_same_structure(new: Builder, old: Builder) -> None:

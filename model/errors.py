@@ -68,6 +68,17 @@ class InstanceError(TokenomyError):
         super().__init__("\n".join(lines))
 
 
+class ExtensionError(InstanceError):
+    """An extension cannot be registered or loaded, or one of its hooks failed.
+
+    It is an :class:`InstanceError`, so the command line exits with code 2.
+    ``source`` names the entry point, module or hook at fault.
+    """
+
+    def __init__(self, source: str, problems: list[FieldProblem]):
+        super().__init__(source, problems, what="extension")
+
+
 class SolveError(TokenomyError):
     """The solver could not produce a usable solution."""
 

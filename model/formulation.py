@@ -40,6 +40,8 @@ class Contribution:
 
     ``coefficient`` is in the quantity's unit per unit of the variable, before
     scaling; ``aggregate`` maps variable entries to the quantity's rows.
+    ``tasks`` is the task index each variable entry serves (-1 for none),
+    or ``None`` when the layer did not say; quantities split by tenant read it.
     """
 
     layer: str
@@ -47,6 +49,7 @@ class Contribution:
     coefficient: np.ndarray
     aggregate: sp.csr_matrix
     label: str
+    tasks: np.ndarray | None = None
 
 
 @dataclass
@@ -142,6 +145,7 @@ class Builder:
         size: int = 1,
         unit: str = "USD",
         label: str = "",
+        tasks: np.ndarray | None = None,
     ) -> None:
         """Add ``sum over entries of coefficient * variable`` to rows of a quantity.
 
@@ -157,6 +161,10 @@ class Builder:
             Quantity units per unit of each variable entry, shape ``(variable.size,)``.
         rows:
             Row of the quantity each entry adds to; all zeros for a scalar quantity.
+        tasks:
+            Task index each entry serves, -1 for an entry that serves no task
+            (training). Markets with ``scope: tenant`` need it to split the
+            usage by the tenants that own the tasks.
         """
         var = self.variables[variable]
         coefficient = np.broadcast_to(np.asarray(coefficient, dtype=float), (var.size,)).copy()
@@ -168,7 +176,51 @@ class Builder:
             shape=(target.size, var.size),
         )
         coefficient = np.where(keep, coefficient, 0.0)
-        target.contributions.append(Contribution(layer, variable, coefficient, aggregate, label))
+        if tasks is not None:
+            tasks = np.broadcast_to(np.asarray(tasks, dtype=int), (var.size,)).copy()
+        target.contributions.append(Contribution(layer, variable, coefficient, aggregate, label, tasks))
+
+    def derive_weighted(self, target: str, source: str, weights: np.ndarray, *,
+                        unit: str = "") -> None:
+        """Add ``sum over rows r of weights[r] * source[r]`` to the one-row quantity ``target``.
+
+        Each contribution to ``source`` is copied with its layer, variable and
+        tasks, so the graph and tenant splits see the layers that cause the
+        usage. Call it after the layers have declared, e.g. from a market
+        kind's meter. Does nothing when ``source`` has no contributions.
+        """
+        origin = self.quantities.get(source)
+        if origin is None:
+            return
+        weights = np.broadcast_to(np.asarray(weights, dtype=float), (origin.size,))
+        for part in list(origin.contributions):
+            entry_rows = _entry_rows(part.aggregate)
+            coefficient = part.coefficient * np.where(entry_rows >= 0, weights[entry_rows], 0.0)
+            self.contribute(target, part.layer, part.variable, coefficient,
+                            np.where(entry_rows >= 0, 0, -1), unit=unit or origin.unit,
+                            label=part.label, tasks=part.tasks)
+
+    def derive_by_task(self, target: str, source: str, task_rows: np.ndarray, size: int) -> list[str]:
+        """Add each entry of ``source`` to row ``task_rows[task]`` of ``target``, by the task it serves.
+
+        Entries of contributions that carry no tasks, and tasks mapped to -1,
+        add to no row. Returns the layers whose contributions carried no tasks.
+        """
+        origin = self.quantities.get(source)
+        if origin is None:
+            return []
+        task_rows = np.asarray(task_rows, dtype=int)
+        unknown = []
+        for part in list(origin.contributions):
+            if part.tasks is None:
+                unknown.append(part.layer)
+                continue
+            entry_rows = _entry_rows(part.aggregate)
+            served = (entry_rows >= 0) & (part.tasks >= 0)
+            rows = np.where(served, task_rows[np.where(served, part.tasks, 0)], -1)
+            self.contribute(target, part.layer, part.variable, part.coefficient, rows, size=size,
+                            unit=origin.unit, label=part.label, tasks=part.tasks)
+        return list(dict.fromkeys(unknown))
 
     # -- assembly ---------------------------------------------------------
 
@@ -242,6 +294,15 @@ class Builder:
         if target is None:
             return []
         return list(dict.fromkeys(part.layer for part in target.contributions))
+
+
+def _entry_rows(aggregate: sp.csr_matrix) -> np.ndarray:
+    """Return the row each variable entry adds to (-1 for none); each column has at most one."""
+    columns = sp.csc_matrix(aggregate)
+    rows = np.full(columns.shape[1], -1)
+    filled = np.diff(columns.indptr) > 0
+    rows[filled] = columns.indices[columns.indptr[:-1][filled]]
+    return rows
 
 
 def geometric_mean_constraints(

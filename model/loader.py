@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from .errors import MISSING, FieldProblem, InstanceError
+from .registry import REGISTRY
 from .schema import Instance
 from .validation import cross_check, scale_warnings
 
@@ -223,7 +224,12 @@ def apply_overrides(
 
 
 def validate(data: Mapping[str, Any], source: str = "<instance>") -> Instance:
-    """Validate plain data against the schema and the cross-references."""
+    """Validate plain data against the schema and the cross-references.
+
+    Loads the extensions' entry points first (once per process), so an
+    instance may use the layers, market kinds and curve families they register.
+    """
+    REGISTRY.ensure_loaded()
     try:
         instance = Instance.model_validate(data)
     except ValidationError as error:
@@ -292,10 +298,9 @@ def _problem(error: Mapping[str, Any], data: Mapping[str, Any]) -> FieldProblem:
     if kind == "extra_forbidden":
         return FieldProblem(path, value, "is not a known field",
                             "remove it or correct its spelling (see `tokenomy schema`)")
-    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        return FieldProblem(path, _lookup(data, location),
-                            "has an unknown or missing curve type",
-                            "set 'curve' to one of: " + ", ".join(sorted(CURVE_TAGS)))
+    if kind == "tokenomy_problem":
+        context = error.get("ctx", {})
+        return FieldProblem(path, error.get("input", MISSING), context["message"], context["fix"])
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         return FieldProblem(path, value, "is not an allowed value", f"use one of {expected}")
@@ -322,7 +327,7 @@ def _problem(error: Mapping[str, Any], data: Mapping[str, Any]) -> FieldProblem:
     return FieldProblem(path, value, message, "correct the value")
 
 
-COLLECTIONS = {"tasks", "models", "uses", "pools", "markets", "capital.cache"}
+COLLECTIONS = {"tasks", "models", "uses", "pools", "markets", "capital.cache", "tenants", "layers"}
 
 
 def _is_collection(path: str) -> bool:

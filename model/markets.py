@@ -11,7 +11,10 @@ Every price is reported as the derivative of optimal welfare with respect to
 the row's right-hand side, in USD per unit of that right-hand side, so it is
 non-negative for a budget or capacity of a maximisation.
 
-New kinds register with :func:`register_market_kind`.
+New kinds register with :func:`register_market_kind`, which stores them in
+:data:`tokenomy.model.registry.REGISTRY`. A market with ``scope: tenant`` has
+one row per tenant over the usage of that tenant's tasks. :func:`meter_markets`
+builds that split from the contributions' ``tasks``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from typing import Literal
 import numpy as np
 
 from .data import EconomyData
-from .layers.base import resource_usage, usage
+from .errors import ExtensionError, FieldProblem
+from .formulation import Builder
+from .layers.base import resource_usage, tenant_usage, usage
+from .registry import BUILTIN, REGISTRY
 from .schema import Instance
 
 logger = logging.getLogger(__name__)
@@ -68,6 +74,8 @@ class MarketSpec:
         Row scale: the row passed to the solver is ``usage / scale``.
     offset:
         Added to ``rhs`` in the program (``Economy(offsets=...)``), per row.
+    scope:
+        ``total``, or ``tenant`` for one row per tenant.
     """
 
     name: str
@@ -86,6 +94,7 @@ class MarketSpec:
     scale: np.ndarray = field(default_factory=lambda: np.zeros(0))
     offset: np.ndarray = field(default_factory=lambda: np.zeros(0))
     description: str = ""
+    scope: str = "total"
 
     @property
     def is_constraint(self) -> bool:
@@ -93,16 +102,49 @@ class MarketSpec:
 
 
 MarketFactory = Callable[[str, Instance, EconomyData], list[MarketSpec]]
-_KINDS: dict[str, MarketFactory] = {}
+Meter = Callable[[Builder, EconomyData, Instance, str], None]
 
 
-def register_market_kind(kind: str, factory: MarketFactory) -> None:
-    """Register a market kind: ``factory(name, instance, data)`` returns its specs."""
-    _KINDS[kind] = factory
+def register_market_kind(kind: str, factory: MarketFactory, **options) -> None:
+    """Register a market kind: ``factory(name, instance, data)`` returns its specs.
+
+    ``options`` are those of :meth:`tokenomy.model.registry.Registry.add_market_kind`
+    (``settings``, ``meter``, ``single``, ``physical``, ``tenant_quantity``,
+    ``check``, ``description``, ``replace``). A kind registered twice raises
+    :class:`~tokenomy.model.errors.ExtensionError` unless ``replace=True``.
+    """
+    REGISTRY.add_market_kind(kind, factory, **options)
 
 
 def market_kinds() -> list[str]:
-    return sorted(_KINDS)
+    """Return the names of the registered market kinds."""
+    return sorted(REGISTRY.market_kinds())
+
+
+def meter_markets(builder: Builder, data: EconomyData, instance: Instance) -> None:
+    """Add the usage that markets derive from the layers' contributions.
+
+    Runs each declared market's meter, then splits the usage quantity of
+    every kind with a ``scope: tenant`` market into one row per tenant. Call
+    it after the layers have declared and before the market rows are built.
+    """
+    for name, market in instance.markets.items():
+        kind = REGISTRY.market_kind(market.kind)
+        if kind.meter is not None:
+            _run_hook(kind.source, f"meter of market kind {kind.name}", kind.meter,
+                      builder, data, instance, name)
+    split: set[str] = set()
+    for market in instance.markets.values():
+        quantity = REGISTRY.market_kind(market.kind).tenant_quantity
+        if market.scope != "tenant" or quantity is None or quantity in split:
+            continue
+        split.add(quantity)
+        untagged = builder.derive_by_task(tenant_usage(quantity), quantity, data.task_tenant,
+                                          len(data.tenants))
+        for layer in untagged:
+            logger.warning("layer %s adds to %s without saying which tasks it serves, so that "
+                           "usage counts in no tenant's row; pass tasks= to builder.contribute",
+                           layer, quantity)
 
 
 def define_markets(instance: Instance, data: EconomyData) -> list[MarketSpec]:
@@ -110,7 +152,14 @@ def define_markets(instance: Instance, data: EconomyData) -> list[MarketSpec]:
     specs = _implicit_markets(instance, data)
     declared_kinds = {market.kind for market in instance.markets.values()}
     for name, market in instance.markets.items():
-        specs += _KINDS[market.kind](name, instance, data)
+        kind = REGISTRY.market_kind(market.kind)
+        kind_specs = _run_hook(kind.source, f"factory of market kind {kind.name}", kind.factory,
+                               name, instance, data)
+        if kind.source != BUILTIN and not all(isinstance(spec, MarketSpec) for spec in kind_specs):
+            raise ExtensionError(kind.source, [FieldProblem(
+                f"markets.{name}", market.kind, "has a factory that returned something other "
+                "than a list of MarketSpec", "return [MarketSpec(...), ...] from the factory")])
+        specs += kind_specs
     if "gpu" not in declared_kinds:
         specs += _gpu_market("gpu", instance, data)
     if "latency" not in declared_kinds and np.isfinite(data.sla).any():
@@ -122,8 +171,28 @@ def _rows(count: int) -> np.ndarray:
     return np.arange(count, dtype=int)
 
 
-def _scalar(name: str, instance: Instance, quantity: str, unit: str, per: str,
-            description: str) -> list[MarketSpec]:
+def _run_hook(source: str, hook_label: str, hook: Callable, *arguments):
+    """Call an extension's hook, and turn its unexpected exceptions into an ExtensionError."""
+    if source == BUILTIN:
+        return hook(*arguments)
+    try:
+        return hook(*arguments)
+    except ExtensionError:
+        raise
+    except Exception as error:
+        raise ExtensionError(source, [FieldProblem(
+            f"({hook_label})", type(error).__name__, f"failed: {error}",
+            "fix the extension (TOKENOMY_DEBUG=1 shows the traceback)")]) from error
+
+
+def scalar_market(name: str, instance: Instance, quantity: str, unit: str, per: str,
+                  description: str) -> list[MarketSpec]:
+    """Return the one-row spec of market ``name``: a budget or a price on ``quantity``.
+
+    ``unit`` is the usage unit and ``per`` what the price is quoted per
+    (the price unit is ``USD per <per>``). Kinds registered by extensions
+    may use it as their factory body.
+    """
     market = instance.markets[name]
     spec = MarketSpec(
         name=name, kind=market.kind, mode="budget" if market.budget is not None else "price",
@@ -141,25 +210,61 @@ def _scalar(name: str, instance: Instance, quantity: str, unit: str, per: str,
     return [spec]
 
 
+def tenant_market(name: str, instance: Instance, data: EconomyData, quantity: str, unit: str,
+                  per: str, description: str) -> list[MarketSpec]:
+    """Return the spec of a ``scope: tenant`` market: one row per tenant of ``tenant_usage(quantity)``.
+
+    A priced market charges every tenant. A budgeted one has a row for each
+    tenant listed in ``budgets`` or covered by the default ``budget``.
+    ``description`` says what one tenant's row meters.
+    """
+    market = instance.markets[name]
+    tenants = np.arange(len(data.tenants))
+    spec = MarketSpec(
+        name=name, kind=market.kind, mode="price" if market.price is not None else "budget",
+        quantity=tenant_usage(quantity), rows=tenants,
+        labels=[f"{name}[{tenant}]" for tenant in data.tenants], unit=unit,
+        price_unit=f"USD per {per}", description=description,
+        weight=np.ones(len(tenants)), report_factor=np.ones(len(tenants)), scope="tenant",
+    )
+    if spec.mode == "price":
+        spec.price = np.full(len(tenants), market.price)
+        spec.scale = np.ones(len(tenants))
+        return [spec]
+    budgets = [market.budgets.get(tenant, market.budget) for tenant in data.tenants]
+    rows = np.array([t for t, budget in enumerate(budgets) if budget is not None], dtype=int)
+    spec.rows = rows
+    spec.labels = [spec.labels[t] for t in rows]
+    spec.rhs = np.array([budgets[t] for t in rows], dtype=float)
+    spec.rhs_paths = [f"markets.{name}.budgets.{data.tenants[t]}" if data.tenants[t] in market.budgets
+                      else f"markets.{name}.budget" for t in rows]
+    spec.weight, spec.report_factor = np.ones(len(rows)), np.ones(len(rows))
+    spec.scale = np.where(spec.rhs > 0, spec.rhs, 1.0)
+    return [spec]
+
+
 def _compute_market(name: str, instance: Instance, data: EconomyData) -> list[MarketSpec]:
-    return _scalar(name, instance, usage("compute"), "USD", "USD",
-                   "list-price spend on model and training tokens per period")
+    description = "list-price spend on model and training tokens per period"
+    if instance.markets[name].scope == "tenant":
+        return tenant_market(name, instance, data, usage("compute"), "USD", "USD",
+                             "list-price spend on the tenant's model tokens per period")
+    return scalar_market(name, instance, usage("compute"), "USD", "USD", description)
 
 
 def _risk_market(name: str, instance: Instance, data: EconomyData) -> list[MarketSpec]:
-    return _scalar(name, instance, usage("risk"), "USD", "USD of expected loss",
-                   "expected loss from wrong irreversible actions per period")
+    return scalar_market(name, instance, usage("risk"), "USD", "USD of expected loss",
+                         "expected loss from wrong irreversible actions per period")
 
 
 def _oversight_market(name: str, instance: Instance, data: EconomyData) -> list[MarketSpec]:
-    return _scalar(name, instance, usage("oversight"), "minutes", "review minute",
-                   "human review minutes per period")
+    return scalar_market(name, instance, usage("oversight"), "minutes", "review minute",
+                         "human review minutes per period")
 
 
 def _resource_market(name: str, instance: Instance, data: EconomyData) -> list[MarketSpec]:
     unit = instance.markets[name].unit or "unit"
-    return _scalar(name, instance, resource_usage(name), unit, unit,
-                   "resource use declared by agent-use footprints per period")
+    return scalar_market(name, instance, resource_usage(name), unit, unit,
+                         "resource use declared by agent-use footprints per period")
 
 
 def _latency_market(name: str, instance: Instance, data: EconomyData) -> list[MarketSpec]:
@@ -254,9 +359,19 @@ def _implicit_markets(instance: Instance, data: EconomyData) -> list[MarketSpec]
     return specs
 
 
-register_market_kind("compute", _compute_market)
-register_market_kind("latency", _latency_market)
-register_market_kind("risk", _risk_market)
-register_market_kind("oversight", _oversight_market)
-register_market_kind("gpu", _gpu_market)
-register_market_kind("resource", _resource_market)
+def _register_builtin_kinds() -> None:
+    builtin = [
+        ("compute", _compute_market, {"single": True, "tenant_quantity": usage("compute"),
+                                      "description": "list-price spend (USD)"}),
+        ("latency", _latency_market, {"single": True,
+                                      "description": "mean service latency per task (s)"}),
+        ("risk", _risk_market, {"single": True, "description": "expected loss (USD)"}),
+        ("oversight", _oversight_market, {"single": True, "description": "review minutes"}),
+        ("gpu", _gpu_market, {"single": True, "physical": True, "description": "GPUs per pool"}),
+        ("resource", _resource_market, {"description": "footprint of agent uses (declared unit)"}),
+    ]
+    for kind, factory, options in builtin:
+        REGISTRY.add_builtin_kind(kind, factory, **options)
+
+
+_register_builtin_kinds()

@@ -9,9 +9,23 @@ field has a dotted path such as ``tasks.fix-failing-test.value``.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, PydanticKnownError, core_schema
+
+from .registry import ENTRY_POINT_GROUP, REGISTRY, known_names, validate_settings
 
 SCHEMA_VERSION = 1
 
@@ -83,10 +97,68 @@ class LeontiefCurve(Strict):
     wrong_action: Probability = 0.0
 
 
-QualityCurve = Annotated[
-    ConstantCurve | SaturatingCurve | CobbDouglasCurve | LeontiefCurve,
-    Field(discriminator="curve"),
-]
+class EffortCurve(Strict):
+    """Base of registered curve families: ``p = max_success * (1 - exp(-rate * G))``.
+
+    A family adds ``curve: Literal["<name>"]`` and any parameters of its
+    effort G. ``scales`` names the uses G depends on, and the agent passes G
+    the tokens of use a divided by ``scales[a]``.
+    """
+
+    max_success: Probability
+    rate: Positive = Field(description="Rate kappa of the curve (dimensionless).")
+    scales: dict[Name, Positive] = Field(
+        min_length=1, description="Tokens per request of each use per unit of effort.")
+    wrong_action: Probability = 0.0
+
+
+BUILTIN_CURVES = (ConstantCurve, SaturatingCurve, CobbDouglasCurve, LeontiefCurve)
+
+
+class QualityCurve:
+    """A quality entry, validated by the model registered for its ``curve`` tag.
+
+    The built-in families are :data:`BUILTIN_CURVES`. Extensions add more with
+    ``REGISTRY.add_curve_family``.
+    """
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: object, handler: GetCoreSchemaHandler):
+        return core_schema.no_info_plain_validator_function(cls.validate)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: object, handler: GetJsonSchemaHandler):
+        models = [family.model for family in REGISTRY.curve_families().values()]
+        return {"oneOf": [handler(model.__pydantic_core_schema__) for model in models]}
+
+    @staticmethod
+    def validate(value: object) -> BaseModel:
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        if not isinstance(value, Mapping):
+            raise PydanticKnownError("dict_type")
+        tag = value.get("curve")
+        family = REGISTRY.curve_family(tag) if isinstance(tag, str) else None
+        if family is None and isinstance(tag, str):
+            REGISTRY.load_extensions()  # picks up a package installed since the last scan
+            family = REGISTRY.curve_family(tag)
+        if family is None:
+            names = ", ".join(sorted(REGISTRY.curve_families()))
+            fix = f"set 'curve' to one of: {names}"
+            if isinstance(tag, str):
+                fix += (f". A family from an extension needs its package installed (it registers "
+                        f"through the entry-point group {ENTRY_POINT_GROUP})")
+            raise problem_error("has an unknown or missing curve type", fix)
+        return family.model.model_validate(value)
+
+
+def problem_error(message: str, fix: str) -> PydanticCustomError:
+    """Return a validation error that the loader reports with this message and fix."""
+    return PydanticCustomError("tokenomy_problem", "{message}", {"message": message, "fix": fix})
+
+
+for _curve in BUILTIN_CURVES:
+    REGISTRY.add_builtin_family(_curve)
 
 
 # --- Sections --------------------------------------------------------------
@@ -119,7 +191,8 @@ class Task(Strict):
         "from a shared cache (a stale or mismatched prefix)."
     )
     group: Name | None = Field(None, description="Task group used to look up model quality.")
-    tenant: Name | None = Field(None, description="Owner of the task (informational).")
+    tenant: Name | None = Field(
+        None, description="Owner of the task. Markets with scope 'tenant' budget each tenant's usage.")
     defer: DeferOption | None = Field(None, description="Overrides the top-level defer option.")
 
 
@@ -296,22 +369,68 @@ class Autonomy(Strict):
 
 
 MarketKind = Literal["compute", "latency", "risk", "oversight", "gpu", "resource"]
+"""The built-in market kinds. ``Market.kind`` accepts any registered kind, built-in or not."""
+
+
+class Tenant(Strict):
+    """An owner of tasks, whose usage markets with ``scope: tenant`` budget separately."""
+
+    description: str | None = None
 
 
 class Market(Strict):
     """A shared constraint: either budgeted (its dual is the price) or priced."""
 
-    kind: MarketKind
+    kind: Name = Field(description="A registered market kind: compute, latency, risk, oversight, "
+                       "gpu, resource, or one an extension registers.")
+    scope: Literal["total", "tenant"] = Field(
+        "total", description="'total': one row for all usage. 'tenant': one row per tenant, "
+        "over the usage of that tenant's tasks.")
     budget: NonNegative | None = Field(
-        None, description="Right-hand side in the market's unit per period."
+        None, description="Right-hand side in the market's unit per period (scope tenant: the "
+        "budget of every tenant not listed in 'budgets')."
     )
+    budgets: dict[Name, NonNegative] = Field(
+        default_factory=dict, description="Scope tenant only: budget per tenant, in the market's "
+        "unit per period.")
     price: NonNegative | None = Field(None, description="Exogenous price in USD per unit.")
     unit: str | None = Field(
         None, max_length=40, description="Unit of a resource market's usage, e.g. 'kWh'."
     )
+    settings: Any = Field(
+        None, validate_default=True,
+        description="Settings of a kind registered by an extension, validated by its own model.")
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind: str) -> str:
+        if REGISTRY.market_kind(kind) is None:
+            REGISTRY.load_extensions()  # picks up a package installed since the last scan
+        if REGISTRY.market_kind(kind) is None:
+            raise problem_error(
+                "is not a registered market kind",
+                f"use one of: {known_names(REGISTRY.market_kinds())}. A kind from an extension "
+                f"needs its package installed (it registers through the entry-point group "
+                f"{ENTRY_POINT_GROUP}) or a call to tokenomy.model.register_market_kind")
+        return kind
+
+    @field_validator("settings")
+    @classmethod
+    def _kind_settings(cls, value: object, info: ValidationInfo) -> object:
+        kind = REGISTRY.market_kind(info.data["kind"]) if "kind" in info.data else None
+        if kind is None:
+            return value
+        if kind.settings is None:
+            if value not in (None, {}):
+                raise problem_error(f"is not read by markets of kind {kind.name}",
+                                    "remove 'settings'")
+            return None
+        return kind.settings.model_validate({} if value is None else value)
 
     @model_validator(mode="after")
     def _one_mode(self) -> Market:
+        if self.budgets and self.scope != "tenant":
+            raise ValueError("'budgets' gives one budget per tenant and needs scope: tenant")
         if self.kind == "gpu":
             if self.budget is not None:
                 raise ValueError(
@@ -321,7 +440,10 @@ class Market(Strict):
             return self
         if self.kind == "latency" and self.budget is None and self.price is None:
             return self
-        if (self.budget is None) == (self.price is None):
+        budgeted = self.budget is not None or bool(self.budgets)
+        if budgeted == (self.price is not None):
+            if self.scope == "tenant":
+                raise ValueError("give 'price', or 'budget' and 'budgets' (per tenant), not both")
             raise ValueError("give exactly one of 'budget' (a constraint) or 'price' (exogenous)")
         return self
 
@@ -341,11 +463,51 @@ class Instance(Strict):
     pools: dict[Name, Pool] = Field(default_factory=dict)
     capital: Capital = Field(default_factory=Capital)
     markets: dict[Name, Market] = Field(default_factory=dict)
+    tenants: dict[Name, Tenant] = Field(
+        default_factory=dict,
+        description="Tenants that own tasks. When given, every tasks.*.tenant must be one of them. "
+        "When absent, the tenants are the names the tasks give.",
+    )
+    layers: dict[Name, Any] = Field(
+        default_factory=dict,
+        description="Extension layers to add to the default four, each with the settings its "
+        "own model validates (an empty mapping for defaults).",
+    )
     autonomy: Autonomy = Field(
         default_factory=Autonomy,
         description="Oversight levels per action class (mixed-integer form only).",
     )
-    views: dict[Literal["router", "agent", "serving", "capital"], list[str]] = Field(
+    views: dict[Name, list[str]] = Field(
         default_factory=dict,
         description="Prices each layer sees in a siloed run; omitted layers keep the defaults.",
     )
+
+    @field_validator("layers")
+    @classmethod
+    def _registered_layers(cls, layers: dict[str, Any]) -> dict[str, Any]:
+        if any(REGISTRY.layer(name) is None for name in layers):
+            REGISTRY.load_extensions()  # picks up a package installed since the last scan
+        validated: dict[str, Any] = {}
+        details: list = []
+        for name, value in layers.items():
+            entry = REGISTRY.layer(name)
+            if entry is None:
+                names = known_names(REGISTRY.layers())
+                details.append({"type": problem_error(
+                    "is not a registered layer",
+                    f"use one of: {names}. A layer from an extension needs its package installed "
+                    f"(it registers through the entry-point group {ENTRY_POINT_GROUP}) or a call "
+                    "to REGISTRY.add_layer"), "loc": (name,), "input": name})
+            elif entry.settings is None:
+                if value not in (None, {}):
+                    details.append({"type": problem_error(
+                        f"is not read by the layer {name}, which takes no settings",
+                        "leave the entry empty ({})"), "loc": (name,), "input": value})
+                validated[name] = None
+            else:
+                settings, errors = validate_settings(entry.settings, value, (name,))
+                validated[name] = settings
+                details += errors
+        if details:
+            raise ValidationError.from_exception_data("layers", details)
+        return validated

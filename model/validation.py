@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from .errors import MISSING, FieldProblem
-from .schema import CobbDouglasCurve, ConstantCurve, Instance, LeontiefCurve, SaturatingCurve
-from .views import VIEW_KEYS
+from collections.abc import Callable
+
+from .errors import MISSING, ExtensionError, FieldProblem
+from .registry import REGISTRY
+from .schema import (
+    CobbDouglasCurve,
+    ConstantCurve,
+    EffortCurve,
+    Instance,
+    LeontiefCurve,
+    SaturatingCurve,
+)
+from .views import default_views, view_keys
 
 SINGLE_MARKET_KINDS = ("compute", "latency", "risk", "oversight", "gpu")
+"""Built-in kinds of which an instance declares at most one market per scope.
+
+The check itself reads ``single`` from the registry, which also covers kinds of extensions.
+"""
 
 RESERVED_MARKET_NAMES: dict[str, str | None] = {
     "routing": None, "prefill": None, "decode": None, "kv": None, "gpu": "gpu", "latency": "latency",
@@ -22,7 +36,7 @@ def curve_uses(curve: object) -> list[str]:
         return [curve.use]
     if isinstance(curve, CobbDouglasCurve):
         return sorted(set(curve.weights) | set(curve.scales))
-    if isinstance(curve, LeontiefCurve):
+    if isinstance(curve, (LeontiefCurve, EffortCurve)):
         return list(curve.scales)
     return []
 
@@ -34,19 +48,96 @@ def cross_check(instance: Instance) -> list[FieldProblem]:
     problems += _check_pools(instance)
     problems += _check_markets(instance)
     problems += _check_tasks(instance)
+    problems += _check_tenants(instance)
     problems += _check_views(instance)
+    problems += _check_extensions(instance)
     return problems
 
 
 def _check_views(instance: Instance) -> list[FieldProblem]:
     problems = []
+    layers = default_views()
+    keys_allowed = view_keys()
     for layer, keys in instance.views.items():
-        unknown = sorted(set(keys) - VIEW_KEYS)
+        if layer not in layers:
+            problems.append(FieldProblem(
+                f"views.{layer}", layer, "is not a layer",
+                f"use one of: {', '.join(layers)}; an extension's layer must be registered"))
+            continue
+        unknown = sorted(set(keys) - keys_allowed)
         if unknown:
             problems.append(FieldProblem(
                 f"views.{layer}", keys, f"names unknown prices {', '.join(unknown)}",
-                "use any of " + ", ".join(sorted(VIEW_KEYS))))
+                "use any of " + ", ".join(sorted(keys_allowed))))
     return problems
+
+
+def _check_tenants(instance: Instance) -> list[FieldProblem]:
+    """Check that tasks and per-tenant budgets name tenants, and that scoped markets have some."""
+    problems = []
+    declared = set(instance.tenants)
+    named = {task.tenant for task in instance.tasks.values() if task.tenant}
+    tenants = declared or named
+    listing = ", ".join(sorted(tenants)) or "(no task names a tenant)"
+    if declared:
+        for task_name, task in instance.tasks.items():
+            if task.tenant is not None and task.tenant not in declared:
+                problems.append(FieldProblem(
+                    f"tasks.{task_name}.tenant", task.tenant, "is not a declared tenant",
+                    f"use one of: {listing}, or add it under tenants"))
+    for market_name, market in instance.markets.items():
+        if market.scope != "tenant":
+            continue
+        kind = REGISTRY.market_kind(market.kind)
+        if kind.tenant_quantity is None:
+            scoped = sorted(name for name, entry in REGISTRY.market_kinds().items()
+                            if entry.tenant_quantity is not None)
+            problems.append(FieldProblem(
+                f"markets.{market_name}.scope", "tenant",
+                f"is not supported by markets of kind {market.kind}",
+                f"use scope: tenant with a kind that splits by tenant ({', '.join(scoped)}), "
+                "or remove scope"))
+        if not tenants:
+            problems.append(FieldProblem(
+                f"markets.{market_name}.scope", "tenant", "needs tenants, and no task names one",
+                "set tasks.<task>.tenant on the tasks each tenant owns"))
+        for tenant in market.budgets:
+            if tenant not in tenants:
+                problems.append(FieldProblem(
+                    f"markets.{market_name}.budgets.{tenant}", tenant, "is not a tenant",
+                    f"use one of: {listing}"))
+    return problems
+
+
+def _check_extensions(instance: Instance) -> list[FieldProblem]:
+    """Run the cross-reference checks of the extension layers and market kinds in use."""
+    problems = []
+    for name, settings in instance.layers.items():
+        entry = REGISTRY.layer(name)
+        if entry is not None and entry.check is not None:
+            problems += _run_check(entry.source, f"check of layer {name}", entry.check,
+                                   instance, settings)
+    for name, market in instance.markets.items():
+        kind = REGISTRY.market_kind(market.kind)
+        if kind.check is not None:
+            problems += _run_check(kind.source, f"check of market kind {kind.name}", kind.check,
+                                   instance, name, market.settings)
+    return problems
+
+
+def _run_check(source: str, hook_label: str, check: Callable[..., list[FieldProblem]],
+               *arguments) -> list[FieldProblem]:
+    try:
+        found = list(check(*arguments) or [])
+    except Exception as error:
+        raise ExtensionError(source, [FieldProblem(
+            f"({hook_label})", type(error).__name__, f"failed: {error}",
+            "fix the extension's check function")]) from error
+    if not all(isinstance(item, FieldProblem) for item in found):
+        raise ExtensionError(source, [FieldProblem(
+            f"({hook_label})", repr(found)[:80], "returned something other than FieldProblem items",
+            "return a list of tokenomy.model.errors.FieldProblem")])
+    return found
 
 
 def _check_quality(instance: Instance) -> list[FieldProblem]:
@@ -111,7 +202,7 @@ def _check_pools(instance: Instance) -> list[FieldProblem]:
 
 def _check_markets(instance: Instance) -> list[FieldProblem]:
     problems = []
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}
     for market_name, market in instance.markets.items():
         reserved_for = RESERVED_MARKET_NAMES.get(market_name)
         if market_name in RESERVED_MARKET_NAMES and market.kind != reserved_for:
@@ -120,13 +211,15 @@ def _check_markets(instance: Instance) -> list[FieldProblem]:
                 "is the name of a market tokenomy defines itself"
                 + (f" (kind {reserved_for})" if reserved_for else ""),
                 "give this market another name"))
-        if market.kind in SINGLE_MARKET_KINDS:
-            if market.kind in seen:
+        if REGISTRY.market_kind(market.kind).single:
+            key = (market.kind, market.scope)
+            if key in seen:
                 problems.append(FieldProblem(
                     f"markets.{market_name}.kind", market.kind,
-                    f"repeats the market kind of markets.{seen[market.kind]}",
-                    "keep one market of each kind except 'resource'"))
-            seen[market.kind] = market_name
+                    f"repeats the market kind of markets.{seen[key]}",
+                    "keep one market of each kind (one per scope) except kinds such as "
+                    "'resource' that allow several"))
+            seen[key] = market_name
     resources = {name for name, market in instance.markets.items() if market.kind == "resource"}
     for use_name, use in instance.uses.items():
         for market_name in use.footprint:
@@ -140,9 +233,10 @@ def _check_markets(instance: Instance) -> list[FieldProblem]:
                 f"uses.{use_name}.risk_scale", MISSING,
                 "is required for a review use, which only buys risk down",
                 "give the review minutes per request that cut risk by a factor e"))
-    if "oversight" in seen and not any(u.kind == "review" for u in instance.uses.values()):
+    oversight = next((name for (kind, _), name in seen.items() if kind == "oversight"), None)
+    if oversight and not any(u.kind == "review" for u in instance.uses.values()):
         problems.append(FieldProblem(
-            f"markets.{seen['oversight']}", "oversight", "has no review use to constrain",
+            f"markets.{oversight}", "oversight", "has no review use to constrain",
             "add a use with kind: review, or remove the market"))
     return problems
 

@@ -19,11 +19,11 @@ here independently of the formulation, so agreement is a check of both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..model.data import PER_MILLION
+from ..model.data import FAMILIES, PER_MILLION
 from ..model.economy import Economy
 from ..model.layers.agent import MINUTE
 from .result import Result
@@ -47,6 +47,33 @@ class PriceVector:
     gpu: np.ndarray              # USD per GPU per period, per pool
     resource: dict[str, float]
     routing: np.ndarray          # USD per request, per task
+    tenant_compute: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """USD per USD of the task's tenant compute budget (scope tenant), per task."""
+    other: dict[str, np.ndarray] = field(default_factory=dict)
+    """Prices of markets of kinds registered by extensions, per row, by market name."""
+
+    def compute_multiplier(self, tasks: np.ndarray) -> np.ndarray:
+        """Return what one USD of list price costs a task in welfare: 1 plus its compute prices."""
+        return 1.0 + self.compute + self.tenant_compute[tasks]
+
+
+BUILTIN_KINDS = frozenset({"compute", "latency", "risk", "oversight", "gpu", "resource",
+                           "routing", "prefill", "decode", "kv"})
+"""Market kinds whose prices the formulas of this module include."""
+
+
+def equimarginal_applies(economy: Economy) -> bool:
+    """Return whether the equimarginal formulas cover the economy.
+
+    They are written for the four default layers, the built-in market kinds
+    and the built-in curve families. Layers, kinds or families registered by
+    extensions add marginal benefits and costs these formulas do not know.
+    """
+    default = {"Router", "Agent", "Serving", "Capital"}
+    layers_known = {type(layer).__name__ for layer in economy.layers} <= default
+    kinds_known = all(spec.kind in BUILTIN_KINDS for spec in economy.markets)
+    families_known = set(economy.data.family) <= set(FAMILIES)
+    return layers_known and kinds_known and families_known
 
 
 def price_vector(economy: Economy, result: Result) -> PriceVector:
@@ -54,11 +81,17 @@ def price_vector(economy: Economy, result: Result) -> PriceVector:
     data = economy.data
     tasks, pools = len(data.tasks), len(data.pools)
     vector = PriceVector(0.0, np.zeros(tasks), 0.0, 0.0, np.zeros(pools), np.zeros(pools),
-                         np.zeros(pools), np.zeros(pools), {}, np.zeros(tasks))
+                         np.zeros(pools), np.zeros(pools), {}, np.zeros(tasks), np.zeros(tasks))
     by_row = {p.row: p for p in result.prices}
     for spec in economy.markets:
         values = np.array([by_row[label].price or 0.0 for label in spec.labels])
-        if spec.kind == "latency" and spec.mode == "budget":
+        if spec.kind not in BUILTIN_KINDS:
+            vector.other[spec.name] = values
+        elif spec.kind == "compute" and spec.scope == "tenant":
+            tenant_price = np.zeros(len(data.tenants) + 1)  # the last entry is "no tenant"
+            tenant_price[spec.rows] = values
+            vector.tenant_compute += tenant_price[data.task_tenant]
+        elif spec.kind == "latency" and spec.mode == "budget":
             vector.latency[spec.rows] = values / data.volume[spec.rows]
         elif spec.kind == "latency":
             vector.latency[spec.rows] = values
@@ -104,7 +137,8 @@ def token_marginal_cost(economy: Economy, prices: PriceVector) -> np.ndarray:
     share_in = data.input_share[None, :]
     list_price = share_in * data.price_input[k_model, None] + (1 - share_in) * data.price_output[k_model, None]
     seconds = share_in * data.seconds_per_input[k_model, None] + (1 - share_in) * data.seconds_per_output[k_model, None]
-    cost = (1 + prices.compute) * list_price + prices.latency[k_task, None] * seconds
+    cost = (prices.compute_multiplier(k_task)[:, None] * list_price
+            + prices.latency[k_task, None] * seconds)
     pool = data.model_pool[k_model]
     served = pool >= 0
     if data.pools:
@@ -122,7 +156,7 @@ def context_marginal_cost(economy: Economy, prices: PriceVector) -> np.ndarray:
     """Full marginal cost of one routed request's prompt context, per option (USD)."""
     data = economy.data
     tasks, models = data.option_task, data.option_model
-    cost = data.context[tasks] * ((1 + prices.compute) * data.price_input[models]
+    cost = data.context[tasks] * (prices.compute_multiplier(tasks) * data.price_input[models]
                                   + prices.latency[tasks] * data.seconds_per_input[models])
     if data.pools:
         pool = data.model_pool[models]
@@ -141,8 +175,12 @@ def review_marginal_cost(economy: Economy, prices: PriceVector) -> np.ndarray:
 
 
 def equimarginal(economy: Economy, result: Result) -> list[dict]:
-    """Return the equimarginal table (see the module docstring) as rows of dicts."""
-    if not result.certified:
+    """Return the equimarginal table (see the module docstring) as rows of dicts.
+
+    Returns no rows for an uncertified result, and for an economy with
+    extensions that the formulas do not cover (:func:`equimarginal_applies`).
+    """
+    if not result.certified or not equimarginal_applies(economy):
         return []
     prices = price_vector(economy, result)
     rows: list[dict] = []

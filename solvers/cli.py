@@ -22,6 +22,7 @@ from ..model.economy import Economy
 from ..model.errors import InstanceError, TokenomyError
 from ..model.generate import generate_instance
 from ..model.loader import apply_overrides, load_instance, parse_override, read_document
+from ..model.registry import REGISTRY
 from ..model.schema import Instance
 from ..model.views import resolve_views
 from .compare import run_comparison
@@ -217,7 +218,7 @@ def sweep_command(
         binding = ", ".join(f"{row}={value:.4g}" for row, value in point.prices.items()
                             if value and not row.startswith(("routing", "prefill", "decode")))
         table.add_row(f"{point.value:g}", point.status,
-                      "-" if point.welfare is None else f"{point.welfare + 0.0:,.4f}", main, binding or "-")
+                      "-" if point.welfare is None else f"{point.welfare + 0.0:,.4f}", main, escape(binding or "-"))
     console.print(table)
 
 
@@ -499,11 +500,20 @@ def _print_summary(report: dict) -> None:
 
 
 from .cli_data import register as _register_data_commands  # noqa: E402, I001
+from .cli_report import register as _register_report_command  # noqa: E402, I001
+from .cli_extensions import register as _register_extensions_command  # noqa: E402, I001
 _register_data_commands(app)
+_register_report_command(app)
+_register_extensions_command(app)
 
 
 def main() -> None:
     """Entry point of the ``tokenomy`` console script."""
+    try:
+        REGISTRY.ensure_loaded()  # extensions' entry points, before any command reads the registry
+    except TokenomyError as error:
+        errors.print(str(error), markup=False, highlight=False)
+        sys.exit(EXIT_INVALID)
     try:
         app()
     except Exception as error:  # a bug, not bad input: report it without a traceback

@@ -10,12 +10,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..model.economy import Economy
-from ..model.views import DEFAULT_VIEWS, LAYER_ORDER
+from ..model.views import LAYER_ORDER, default_views
 from .analysis import USED, review_minutes_per_request, tokens_per_request
 from .congestion import flat_pricing_equilibrium
+from .evaluation import evaluation_table
+from .extensions import layer_table
 from .failures import Thresholds, detect
 from .report import _clean
-from .siloed import PHYSICAL_KINDS, Comparison, compare, load_state
+from .siloed import Comparison, _layers_in_order, compare, is_physical_kind, load_state
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ def compare_report(economy: Economy, comparison: Comparison, failures: list[dict
     layers = sorted(set(global_state.welfare_by_layer) | set(siloed_state.welfare_by_layer))
     report = {
         "instance": economy.instance.name,
-        "views": {layer: sorted(comparison.views.get(layer, ())) for layer in LAYER_ORDER},
+        "views": {layer.name: sorted(comparison.views.get(layer.name, ()))
+                  for layer in _layers_in_order(economy)},
         "policies": comparison.policy_names,
         "global_welfare": global_state.welfare,
         "siloed_welfare": siloed_state.welfare,
@@ -49,6 +52,8 @@ def compare_report(economy: Economy, comparison: Comparison, failures: list[dict
         "differences": _differences(economy, comparison),
         "failure_modes": failures,
         "attribution": attribution,
+        "evaluation": evaluation_table(economy, siloed_state.variables, global_state.variables,
+                                       comparison.prices, "siloed run"),
     }
     return _clean(report)
 
@@ -116,7 +121,22 @@ def _differences(economy: Economy, comparison: Comparison) -> dict:
     for name in ("cache_size", "cached", "training"):
         if name in global_vars:
             capital[name] = {"global": global_vars[name].tolist(), "siloed": siloed_vars[name].tolist()}
-    return {"routing": routing, "tokens": tokens, "pools": pools, "capital": capital}
+    return {"routing": routing, "tokens": tokens, "pools": pools, "capital": capital,
+            "layers": _extension_differences(economy, comparison)}
+
+
+def _extension_differences(economy: Economy, comparison: Comparison) -> dict:
+    """Return each extension layer's table (see ``layer_table``) in the global and siloed allocations."""
+    tables: dict = {}
+    for layer in economy.layers:
+        if layer.name in LAYER_ORDER:
+            continue
+        tables[layer.name] = {}
+        for label, state in (("global", comparison.global_state), ("siloed", comparison.siloed_state)):
+            load_state(economy, state)
+            tables[layer.name][label] = layer_table(economy, layer)
+    load_state(economy, comparison.global_state)
+    return tables
 
 
 def attribute(economy: Economy, comparison: Comparison,
@@ -171,13 +191,15 @@ def _relevant_hidden(economy: Economy, views: Mapping[str, frozenset[str]]) -> l
     """Prices some layer cannot see and that can change a siloed decision."""
     relevant = {"value"}
     kinds = {spec.kind for spec in economy.markets if spec.mode != "equality"}
-    relevant |= {kind for kind in kinds if kind not in PHYSICAL_KINDS}
+    relevant |= {kind for kind in kinds if not is_physical_kind(kind)}
     if any(pool.delay is not None for pool in economy.instance.pools.values()):
         relevant.add("latency")
     training = economy.instance.capital.training
     if training is not None and training.depreciation > 0 and training.rollout_lag > 0:
         relevant.add("capability")
-    seen_by_all = set.intersection(*(set(views.get(layer, DEFAULT_VIEWS[layer])) for layer in LAYER_ORDER))
+    defaults = default_views()
+    seen_by_all = set.intersection(*(set(views.get(layer.name, defaults.get(layer.name, ())))
+                                     for layer in economy.layers))
     return sorted(relevant - seen_by_all)
 
 

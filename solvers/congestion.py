@@ -19,6 +19,7 @@ from ..model.layers.agent import Agent
 from ..model.layers.capital import Capital
 from ..model.layers.router import Router
 from ..model.layers.serving import Serving
+from ..model.registry import instance_layers
 from ..model.schema import Instance
 from .joint import solve
 from .siloed import _evaluate, _layers_in_order, _snapshot
@@ -44,7 +45,8 @@ def flat_pricing_equilibrium(instance: Instance, time_limit: float | None = None
         raise SolveError(f"the system optimum is not certified: {optimum.message}")
     optimum_state = _snapshot(system)
 
-    flat = Economy(instance, layers=[Router(), Agent(), Serving(mode="equilibrium"), Capital()])
+    flat = Economy(instance, layers=[Router(), Agent(), Serving(mode="equilibrium"), Capital()]
+                   + instance_layers(instance))
     equilibrium = solve(flat, check=False, time_limit=time_limit)
     if not equilibrium.certified:
         raise SolveError(f"the flat-pricing equilibrium is not certified: {equilibrium.message}")

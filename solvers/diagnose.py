@@ -201,7 +201,7 @@ def _shortfall(economy: Economy, spec, row: int, amount: float) -> Shortfall:
         text = (f"{label} capacity is short by {amount:.4g} {spec.unit} per period; "
                 "add GPUs to the pool or raise its per-GPU throughput")
     else:
-        text = (f"{spec.name} budget {rhs:.4g} {spec.unit} cannot be met: the minimum achievable "
+        text = (f"{label} budget {rhs:.4g} {spec.unit} cannot be met: the minimum achievable "
                 f"{spec.description} is {minimum:.4g} {spec.unit}; raise {path} to at least {minimum:.4g}")
     return Shortfall(label, spec.kind, rhs, path, minimum, amount, spec.unit, text)
 

@@ -32,6 +32,8 @@ import numpy as np
 
 from ..model.delay import delay_per_token
 from ..model.economy import Economy
+from ..model.errors import ExtensionError, FieldProblem
+from ..model.registry import BUILTIN_FAILURE_MODES, REGISTRY
 from .analysis import (
     _best_response_value,
     _training_rows,
@@ -44,8 +46,8 @@ from .analysis import (
 )
 from .siloed import load_state
 
-FAILURE_MODES = ("over-routing", "under-routing", "over-delegation", "under-verification",
-                 "serving congestion", "stale rollouts", "cache misuse")
+FAILURE_MODES = BUILTIN_FAILURE_MODES
+"""The built-in failure modes, in the order the detectors report them."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,11 @@ class Thresholds:
 
 
 def detect(economy: Economy, comparison, thresholds: Thresholds | None = None) -> list[dict]:
-    """Return the failure modes of the siloed allocation, one dict per task or pool."""
+    """Return the failure modes of the siloed allocation, one dict per task or pool.
+
+    The built-in detectors run first, then those registered by extensions
+    (:func:`failure_modes` lists both).
+    """
     thresholds = thresholds or Thresholds()
     found: list[dict] = []
     state = comparison.siloed_state
@@ -85,7 +91,33 @@ def detect(economy: Economy, comparison, thresholds: Thresholds | None = None) -
     found += _verification(economy, comparison, prices, thresholds)
     found += _congestion(economy, comparison, thresholds)
     found += _capital(economy, comparison, prices, thresholds)
+    for detector in REGISTRY.detectors().values():
+        load_state(economy, state)
+        found += _run_detector(detector, economy, comparison, prices, thresholds)
     load_state(economy, comparison.global_state)
+    return found
+
+
+def failure_modes() -> tuple[str, ...]:
+    """Return the built-in failure modes followed by the registered detectors' names."""
+    return FAILURE_MODES + tuple(REGISTRY.detectors())
+
+
+def _run_detector(detector, economy: Economy, comparison, prices, thresholds) -> list[dict]:
+    """Call a registered detector with the siloed allocation loaded, and check what it returns."""
+    try:
+        found = list(detector.function(economy, comparison, prices, thresholds) or [])
+    except ExtensionError:
+        raise
+    except Exception as error:
+        raise ExtensionError(detector.source, [FieldProblem(
+            f"(detector {detector.name})", type(error).__name__, f"failed: {error}",
+            "fix the detector (TOKENOMY_DEBUG=1 shows the traceback)")]) from error
+    if not all(isinstance(item, dict) and "mode" in item for item in found):
+        raise ExtensionError(detector.source, [FieldProblem(
+            f"(detector {detector.name})", repr(found)[:80],
+            "returned something other than a list of dicts with a 'mode' key",
+            "return [{'mode': name, ...}, ...], or [] when nothing is found")])
     return found
 
 
@@ -244,8 +276,8 @@ def _cache_misuse(economy: Economy, comparison, prices, thresholds: Thresholds) 
             continue
         loss = data.value[x] * data.cache_quality_loss[x] / data.reuse[x]
         pool = data.model_pool[m]
-        saving = data.context[x] * ((data.price_input[m] - data.price_cached[m]) * (1 + prices.compute)
-                                    + prices.prefill[pool])
+        saving = data.context[x] * ((data.price_input[m] - data.price_cached[m])
+                                    * prices.compute_multiplier(x) + prices.prefill[pool])
         if loss > (1 + thresholds.marginal) * saving:
             task, model = data.option_label(int(k))
             found.append({"mode": "cache misuse", "task": task, "model": model,

@@ -17,6 +17,8 @@ from ..model.delay import delay_per_token
 from ..model.economy import Economy
 from ..model.schema import SCHEMA_VERSION
 from .analysis import USED, equimarginal, review_minutes_per_request, tokens_per_request
+from .evaluation import evaluate_solve
+from .extensions import extension_sections
 from .result import Result
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,10 @@ UNITS = {
     "equimarginal": "USD per token (token, training), per review minute (review), per request (route, defer)",
     "pools.load": "tokens per second",
     "pools.waiting": "seconds per token",
+    "evaluation": "USD per period at the joint optimum's prices",
 }
+
+CSV_TABLES = ("prices", "routing", "tokens", "equimarginal", "pools", "evaluation")
 
 
 def build_report(economy: Economy, result: Result) -> dict:
@@ -61,13 +66,17 @@ def build_report(economy: Economy, result: Result) -> dict:
         "normalized_prices": normalized_prices(economy, result),
     }
     if result.welfare is None:
-        report.update(routing=[], tokens=[], equimarginal=[], pools=[], capital={})
+        report.update(routing=[], tokens=[], equimarginal=[], pools=[], capital={},
+                      tenants={"tenants": [], "shared": []}, layers={},
+                      evaluation=evaluate_solve(economy, result))
         return _clean(report)
     report["routing"] = routing_table(economy)
     report["tokens"] = token_table(economy)
     report["equimarginal"] = equimarginal(economy, result)
     report["pools"] = pool_table(economy)
     report["capital"] = capital_summary(economy)
+    report["evaluation"] = evaluate_solve(economy, result)
+    report.update(extension_sections(economy, result))
     return _clean(report)
 
 
@@ -83,7 +92,8 @@ def normalized_prices(economy: Economy, result: Result) -> dict:
     by_kind: dict[str, list] = {}
     for price in result.prices:
         by_kind.setdefault(price.kind, []).append(price)
-    compute = by_kind.get("compute", [])
+    # The total compute market: one row named like the market (tenant rows are name[tenant]).
+    compute = [price for price in by_kind.get("compute", []) if price.row == price.market]
     dollar = 1.0 + (compute[0].price if compute else 0.0)
     normalized: dict = {"compute_dollar_value": dollar, "compute": 1.0}
     latency = by_kind.get("latency", [])
@@ -190,8 +200,8 @@ def write_outputs(report: dict, directory: str | Path) -> list[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = [write_atomic(directory / "report.json", to_json(report))]
-    for table in ("prices", "routing", "tokens", "equimarginal", "pools"):
-        rows = report.get(table) or []
+    for table in CSV_TABLES:
+        rows = _table_rows(report.get(table))
         written.append(write_atomic(directory / f"{table}.csv", _csv(rows)))
     logger.info("wrote %d files to %s", len(written), directory)
     return written
@@ -217,6 +227,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _table_rows(table) -> list[dict]:
+    """Return the rows of a report table: a list, or the ``rows`` of a dict such as ``evaluation``."""
+    if isinstance(table, dict):
+        return table.get("rows") or []
+    return table or []
 
 
 def _csv(rows: list[dict]) -> str:

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..model.economy import Economy
 from ..model.errors import SolveError
+from ..model.registry import REGISTRY
 from ..model.views import LAYER_ORDER, resolve_views
 from .joint import TIME_LIMIT_OPTION, solve
 from .result import Result
@@ -212,7 +213,15 @@ def _solve_step(economy: Economy, view, prices, fixed, label: str, policy=None,
 
 def _is_hard(spec) -> bool:
     """Routing rows and physical capacities hold in every step, whatever the view."""
-    return spec.mode == "equality" or (spec.kind in PHYSICAL_KINDS and spec.mode != "price")
+    return spec.mode == "equality" or (is_physical_kind(spec.kind) and spec.mode != "price")
+
+
+def is_physical_kind(kind: str) -> bool:
+    """Return whether markets of ``kind`` are capacities: built-in ones, or kinds registered as physical."""
+    if kind in PHYSICAL_KINDS:
+        return True
+    entry = REGISTRY.market_kind(kind)
+    return entry is not None and entry.physical
 
 
 def _hard_constraints(economy: Economy, fixed: dict[str, np.ndarray]) -> list[cp.Constraint]:

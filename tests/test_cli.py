@@ -51,8 +51,8 @@ def test_solve_writes_outputs(tmp_path):
     result = run("solve", CODING_AGENT, "--out", out)
     assert result.exit_code == 0, result.output
     names = sorted(path.name for path in out.iterdir())
-    assert names == ["equimarginal.csv", "pools.csv", "prices.csv", "report.json",
-                     "routing.csv", "tokens.csv"]
+    assert names == ["equimarginal.csv", "evaluation.csv", "pools.csv", "prices.csv",
+                     "report.json", "routing.csv", "tokens.csv"]
     report = json.loads((out / "report.json").read_text())
     assert report["welfare"] > 0
     assert (out / "prices.csv").read_text().startswith("market,")

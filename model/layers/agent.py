@@ -25,10 +25,12 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 
-from ..data import EconomyData, effort_groups
+from ..data import FAMILIES, EconomyData, effort_groups
+from ..errors import ExtensionError, FieldProblem
 from ..formulation import Builder, geometric_mean_constraints
+from ..registry import REGISTRY
 from ..schema import Instance
-from .base import resource_usage, usage, welfare
+from .base import resource_usage, token_flow, usage, welfare
 
 MINUTE = 60.0
 
@@ -119,6 +121,11 @@ class Agent:
             builder.constrain("agent.effort", geometric_mean_constraints(
                 builder, label, inputs, alpha, effort[members]))
 
+        families = data.family[options]
+        for family in sorted(set(families) - set(FAMILIES)):
+            _define_family_effort(builder, data, options, pair_index, effort, tokens,
+                                  np.flatnonzero(families == family), family)
+
     @staticmethod
     def _define_fixed_tokens(builder, data, index, route, tokens) -> None:
         fixed = data.fixed_tokens[index.pair_option, index.pair_use]
@@ -137,7 +144,10 @@ class Agent:
         per_token = share_in * data.price_input[models] + (1 - share_in) * data.price_output[models]
         spend = volume * scale * per_token
         builder.contribute(welfare("compute"), self.name, "tokens", -spend)
-        builder.contribute(usage("compute"), self.name, "tokens", spend, unit="USD")
+        builder.contribute(usage("compute"), self.name, "tokens", spend, unit="USD", tasks=tasks)
+        for direction, share in (("input", share_in), ("output", 1 - share_in)):
+            builder.contribute(token_flow(direction), self.name, "tokens", volume * scale * share,
+                               models, size=len(data.models), unit="tokens", tasks=tasks)
 
         seconds = share_in * data.seconds_per_input[models] + (1 - share_in) * data.seconds_per_output[models]
         builder.contribute(usage("latency"), self.name, "tokens", scale * seconds, tasks,
@@ -181,7 +191,7 @@ class Agent:
 
         tasks = data.option_task[options]
         loss = data.volume[tasks] * data.loss[tasks] * data.wrong_action[options]
-        builder.contribute(usage("risk"), self.name, "exposure", loss, unit="USD")
+        builder.contribute(usage("risk"), self.name, "exposure", loss, unit="USD", tasks=tasks)
 
     def _define_review_costs(self, builder, data, options, review) -> None:
         reviews = len(data.reviews)
@@ -189,11 +199,68 @@ class Agent:
         h = np.tile(np.arange(reviews), len(options))
         minutes = data.volume[tasks] * data.review_risk_scale[h]
         builder.contribute(welfare("review"), self.name, "review", -minutes * data.review_wage[h])
-        builder.contribute(usage("oversight"), self.name, "review", minutes, unit="minutes")
+        builder.contribute(usage("oversight"), self.name, "review", minutes, unit="minutes",
+                           tasks=tasks)
         builder.contribute(usage("latency"), self.name, "review", MINUTE * data.review_risk_scale[h],
                            tasks, size=len(data.tasks), unit="s")
         for market, footprint in data.review_footprint.items():
             builder.contribute(resource_usage(market), self.name, "review", minutes * footprint[h])
+
+
+def _define_family_effort(builder, data, options, pair_index, effort, tokens, members_all,
+                          family) -> None:
+    """Bound the effort of options whose curve family an extension registered.
+
+    Options with the same set of uses form one group, and the family's
+    ``effort`` hook receives their scaled tokens by use name.
+    """
+    entry = REGISTRY.curve_family(family)
+    support = data.in_curve[options[members_all]]
+    patterns, group = np.unique(support, axis=0, return_inverse=True)
+    for g, pattern in enumerate(patterns):
+        members = members_all[group.ravel() == g]
+        ks = options[members]
+        used = np.flatnonzero(pattern)
+        inputs = {data.uses[a]: tokens[pair_index[ks, a]] for a in used}
+        curves = [data.curves[k] for k in ks]
+        label = f"agent.effort.{family}." + "-".join(str(a) for a in used)
+        try:
+            constraints = list(entry.effort(builder, label, curves, inputs, effort[members]))
+        except ExtensionError:
+            raise
+        except Exception as error:
+            raise ExtensionError(entry.source, [FieldProblem(
+                f"(effort of curve family {family})", type(error).__name__, f"failed: {error}",
+                "fix the family's effort function")]) from error
+        bad = [item for item in constraints if not isinstance(item, cp.Constraint) or not item.is_dcp()]
+        if bad:
+            raise ExtensionError(entry.source, [FieldProblem(
+                f"(effort of curve family {family})", str(bad[0])[:80],
+                "is not a convex (DCP) constraint",
+                "bound effort from above by a concave expression of the inputs")])
+        builder.constrain(f"agent.effort.{family}", constraints)
+
+
+def evaluate_effort(curve, scaled_tokens: dict[str, float]) -> float:
+    """Return the effort G a registered family's curve gives ``scaled_tokens`` (tokens over scale).
+
+    Solves the one-option program ``max g`` subject to the family's effort
+    constraints, which is how the agent layer uses them. Extension authors
+    can check concavity and degree-one homogeneity with it, e.g. that
+    doubling every input doubles G.
+    """
+    entry = REGISTRY.curve_family(curve.curve)
+    if entry is None or entry.effort is None:
+        raise ValueError(f"curve family {curve.curve!r} is not one registered by an extension")
+    inputs = {use: cp.Constant(np.array([float(value)])) for use, value in scaled_tokens.items()}
+    effort = cp.Variable(1)
+    constraints = entry.effort(Builder(), "evaluate", [curve], inputs, effort)
+    problem = cp.Problem(cp.Maximize(effort[0]), constraints)
+    problem.solve(solver="CLARABEL")
+    if problem.status != cp.OPTIMAL:
+        raise ValueError(f"the effort of curve family {curve.curve!r} has no finite maximum "
+                         f"at {scaled_tokens} ({problem.status})")
+    return float(effort.value[0])
 
 
 def _scatter(size: int, positions: np.ndarray, values: np.ndarray) -> np.ndarray:

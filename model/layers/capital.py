@@ -21,7 +21,7 @@ import numpy as np
 from ..data import PER_MILLION, EconomyData
 from ..formulation import Builder, geometric_mean_constraints
 from ..schema import Instance
-from .base import usage, welfare
+from .base import token_flow, usage, welfare
 
 
 class Capital:
@@ -78,7 +78,10 @@ class Capital:
         context_tokens = data.volume[tasks[k]] * data.context[tasks[k]]
         saving = context_tokens * (data.price_input[models[k]] - data.price_cached[models[k]])
         builder.contribute(welfare("compute"), self.name, "cached", saving)
-        builder.contribute(usage("compute"), self.name, "cached", -saving, unit="USD")
+        builder.contribute(usage("compute"), self.name, "cached", -saving, unit="USD",
+                           tasks=tasks[k])
+        builder.contribute(token_flow("input"), self.name, "cached", -context_tokens, models[k],
+                           size=len(data.models), unit="tokens", tasks=tasks[k])
         builder.contribute(usage("prefill"), self.name, "cached", -context_tokens, pool[k],
                            size=len(data.pools), unit="tokens")
         cost = np.array([s.cost * s.size_scale for s in settings])
@@ -122,7 +125,9 @@ class Capital:
                            training.value * training.max_gain * self.staleness)
         spend = scales * training.price * PER_MILLION
         builder.contribute(welfare("compute"), self.name, "training", -spend)
-        builder.contribute(usage("compute"), self.name, "training", spend, unit="USD")
+        # Training serves no task, so it counts in no tenant's compute.
+        builder.contribute(usage("compute"), self.name, "training", spend, unit="USD",
+                           tasks=np.full(len(inputs), -1))
         pool = data.pools.index(training.pool)
         gpus = scales / (training.tokens_per_gpu_second * data.period)
         builder.contribute(usage("gpu"), self.name, "training", gpus, np.full(len(inputs), pool),

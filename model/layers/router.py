@@ -19,7 +19,7 @@ import numpy as np
 from ..data import EconomyData
 from ..formulation import Builder
 from ..schema import Instance
-from .base import usage, welfare
+from .base import token_flow, usage, welfare
 
 
 class Router:
@@ -52,7 +52,9 @@ class Router:
         context = data.context[tasks]
         spend = volume * context * data.price_input[models]
         builder.contribute(welfare("compute"), self.name, "route", -spend)
-        builder.contribute(usage("compute"), self.name, "route", spend, unit="USD")
+        builder.contribute(usage("compute"), self.name, "route", spend, unit="USD", tasks=tasks)
+        builder.contribute(token_flow("input"), self.name, "route", volume * context, models,
+                           size=len(data.models), unit="tokens", tasks=tasks)
         latency = context * data.seconds_per_input[models]
         builder.contribute(usage("latency"), self.name, "route", latency, tasks,
                            size=task_count, unit="s")

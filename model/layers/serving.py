@@ -1,8 +1,10 @@
 """Serving layer: GPUs split between prefill and decode, loads and queueing delay.
 
-Variables (per pool, loads in GPU-equivalents: tokens per period divided by
-the per-GPU throughput times the period)
+Variables
 ---------
+Per pool. Loads are in GPU-equivalents: tokens per period divided by the
+per-GPU throughput times the period.
+
 ``gpus_prefill[p]``, ``gpus_decode[p]``
     GPUs assigned to each phase (continuous in the convex form).
 ``load_prefill[p]``, ``load_decode[p]``
