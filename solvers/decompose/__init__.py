@@ -1,0 +1,1 @@
+"""Decomposition solvers: layers as blocks coordinated through market prices."""
