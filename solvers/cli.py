@@ -500,6 +500,8 @@ def _print_summary(report: dict) -> None:
 
 from .cli_data import register as _register_data_commands  # noqa: E402, I001
 _register_data_commands(app)
+from .cli_decompose import register as _register_decompose_command  # noqa: E402, I001
+_register_decompose_command(app)
 
 
 def main() -> None:

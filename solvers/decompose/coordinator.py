@@ -117,6 +117,10 @@ class DecompositionResult:
     allocation: dict[str, np.ndarray]
     seconds: float
     message: str = ""
+    best_prices: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Scaled prices of the best dual point (the coordinator's internal units)."""
+    final_prices: dict[str, float] = field(default_factory=dict)
+    """Prices of the best dual point in USD per unit, by row label, whether certified or not."""
 
     @property
     def certified(self) -> bool:
@@ -129,6 +133,8 @@ class DecompositionResult:
             "target_gap": self.target_gap, "certified": self.certified, "seconds": self.seconds,
             "message": self.message,
             "prices": [price.__dict__ for price in self.prices],
+            # The best dual point's prices, certified or not: the end of the trajectory.
+            "final_prices": self.final_prices,
             "iterations": [item.as_dict() for item in self.iterations],
         }
 
@@ -168,6 +174,36 @@ class KernelRequestBlock:
         self.surplus = np.concatenate([response.surplus for response in responses])
         usage = self.lagrangian.usage(values)
         return BlockSolution(value, value + float(prices @ usage), usage, values)
+
+    def request_rows(self, prices: np.ndarray) -> dict[str, list | np.ndarray]:
+        """Return every request's best response at ``prices``, in instance units per request.
+
+        Columns: request, task, model (``defer`` for a human), surplus (USD per
+        request, net of every price) and tokens per routed request by use.
+        """
+        coefficients = option_coefficients(self.structure, self.lagrangian, prices)
+        if self.engine is None:
+            parts = [worker.rows(coefficients) for worker in self.workers]
+        else:
+            parts = self.engine.call("rows", coefficients)
+        option = np.concatenate([part["option"] for part in parts])
+        data = self.lagrangian.economy.data
+        task = self.requests.task
+        scale = np.where(option[:, None] >= 0, data.scale[np.maximum(option, 0)], 0.0)
+        tokens = np.concatenate([part["tokens"] for part in parts]) * scale
+        models = np.array(data.models + ["defer"], dtype=object)
+        columns: dict[str, list | np.ndarray] = {
+            "request": np.arange(len(task)),
+            "task": np.array(data.tasks, dtype=object)[task],
+            "model": models[np.where(option >= 0, data.option_model[np.maximum(option, 0)], -1)],
+            "surplus": np.concatenate([part["surplus"] for part in parts])
+            * self.lagrangian.welfare_scale / data.volume[task],
+        }
+        for a, use in enumerate(data.uses):
+            columns[f"tokens:{use}"] = tokens[:, a]
+        if data.reviews:
+            columns["review_exponent"] = np.concatenate([part["review"] for part in parts])
+        return columns
 
     def close(self) -> None:
         if self.engine is not None:
@@ -355,7 +391,7 @@ class _Run:
         # Polyak's step towards a target level below the best upper bound. The level gap
         # grows after a step that improves the bound by half of it, halves after ten
         # iterations without progress, and never reaches below the best lower bound.
-        level_gap, last_reduction = None, 0
+        level_gap, last_reduction, squares = None, 0, None
         while True:
             previous_best = self.best_dual
             value, responses = self.owner.dual(prices)
@@ -374,12 +410,17 @@ class _Run:
             target = self.best_dual - level_gap
             if self.lower is not None:
                 target = max(target, self.lower)
-            norm = float(direction @ direction)
+            # A diagonal metric (the root mean square of past excess demand per row) keeps
+            # rows whose excess swings widely, such as the serving loads, from setting the
+            # step of every other row.
+            squares = direction ** 2 if squares is None else 0.9 * squares + 0.1 * direction ** 2
+            metric = 1.0 / np.sqrt(squares + 1e-12 * max(float(squares.max()), 1e-30))
+            norm = float(direction @ (metric * direction))
             if norm <= 1e-30:
                 self.termination = Termination.GAP if self.gap() is not None else Termination.STALLED
                 return
             step = max(value - target, 1e-12 * max(1.0, abs(value))) / norm
-            prices = lagrangian.project(prices + step * direction)
+            prices = lagrangian.project(prices + step * metric * direction)
 
     def _bundle(self) -> None:
         lagrangian = self.lagrangian
@@ -405,12 +446,14 @@ class _Run:
     def _admm(self) -> None:
         owner, lagrangian = self.owner, self.lagrangian
         economy = owner.economy
-        blocks = [block if isinstance(block, CvxpyBlock) else None for block in owner.blocks]
+        # Both lists start with the request block, so a penalized solution is a column
+        # of the block at the same position.
         penalized = []
         for names in partition(economy):
             label = "requests" if "route" in names else "block"
             penalized.append(CvxpyBlock(label, economy, lagrangian, names, penalty=True))
-        del blocks
+        if len(penalized) != len(owner.blocks):
+            raise SolveError("the ADMM blocks do not match the decomposition's blocks")
         count = len(penalized) + 1  # the slack of the inequality rows is one more agent
         rho = 1.0
         scaled_dual = np.zeros(lagrangian.size)
@@ -424,7 +467,7 @@ class _Run:
             targets = [u - average + share - scaled_dual for u in usage]
             solutions = [block.respond(np.zeros(lagrangian.size), rho=rho, target=target)
                          for block, target in zip(penalized, targets, strict=True)]
-            self.record(prices, value, responses, _align(owner.blocks, penalized, solutions))
+            self.record(prices, value, responses, solutions)
             if self.should_stop():
                 return
             slack_target = slack - average + share - scaled_dual
@@ -436,6 +479,7 @@ class _Run:
             dual = rho * np.linalg.norm(np.concatenate([a - b for a, b in zip(new_usage, usage, strict=True)]
                                                        + [new_slack - slack]))
             usage, slack = new_usage, new_slack
+            logger.debug("ADMM rho %.3g primal %.3g dual %.3g", rho, primal, dual)
             # Residual balancing keeps the primal and dual residuals of the same order.
             if primal > 10.0 * dual:
                 rho, scaled_dual = rho * 2.0, scaled_dual / 2.0
@@ -445,7 +489,7 @@ class _Run:
     # -- result ----------------------------------------------------------
 
     def result(self) -> DecompositionResult:
-        lagrangian, owner = self.lagrangian, self.owner
+        lagrangian = self.lagrangian
         scale = lagrangian.welfare_scale
         allocation = {} if self.best_master is None else self.best_master.values
         self._distances(allocation)
@@ -459,7 +503,9 @@ class _Run:
         return DecompositionResult(
             str(self.method), self.termination, self.best_dual * scale,
             None if self.lower is None else self.lower * scale, gap, self.target, self.trace,
-            prices, allocation, time.perf_counter() - self.started, message)
+            prices, allocation, time.perf_counter() - self.started, message, self.best_prices.copy(),
+            dict(zip([row.label for row in lagrangian.rows],
+                     map(float, lagrangian.report(self.best_prices)), strict=True)))
 
     def _distances(self, final: dict[str, np.ndarray]) -> None:
         """Fill each iteration's distance of every layer's decisions from the final allocation."""
@@ -507,10 +553,3 @@ class _Run:
                       float(values[x]) if certified else None, spec.price_unit, True, 0.0,
                       float(data.volume[x]), float(data.volume[x]), spec.rhs_paths[x], reason)
                 for x in range(len(data.tasks))]
-
-
-def _align(blocks, penalized, solutions) -> list[BlockSolution]:
-    """Order the penalized blocks' solutions as the owner's blocks (both start with the requests)."""
-    if len(blocks) != len(solutions):
-        raise SolveError("the ADMM blocks do not match the decomposition's blocks")
-    return solutions

@@ -311,6 +311,15 @@ class RequestBlock:
             return BlockResponse(total, aggregates, best), (chosen, inner, cache_share)
         return BlockResponse(total, aggregates, best)
 
+    def rows(self, coefficients: OptionCoefficients) -> dict[str, np.ndarray]:
+        """Return each request's choice at the coefficients: option (-1 to defer), surplus, tokens."""
+        response, (chosen, inner, cache_share) = self.respond(coefficients, detail=True)
+        picked = np.maximum(chosen, 0)
+        tokens = np.where(chosen[:, None] >= 0, inner.tokens[picked], 0.0)
+        return {"option": np.where(chosen >= 0, self.option[picked], -1),
+                "surplus": response.surplus, "tokens": tokens,
+                "review": np.where(chosen >= 0, inner.review.sum(axis=1)[picked], 0.0)}
+
     def _aggregate(self, k, share, inner, cache_share, deferred) -> dict[str, np.ndarray]:
         s = self.structure
         sizes = s.sizes
