@@ -30,6 +30,9 @@ DUALIZED_CONSTRAINTS = ("cache.hits",)
 
 BLOCK_SOLVERS = ("CLARABEL", "ECOS", "SCS")
 
+LOCAL_BOUND_FACTOR = 2.0
+"""A block's own usage of a row with non-negative coefficients stays below this many right-hand sides."""
+
 
 @dataclass
 class BlockSolution:
@@ -99,9 +102,9 @@ class CvxpyBlock:
         and ``target`` Parameters (the ADMM step).
 
     Local bounds keep the block's best response finite: for every budget row
-    whose usage coefficients are all non-negative (GPUs of a pool, say), the
-    block alone cannot use more than the row allows, so that row is added to
-    the block as a redundant constraint.
+    whose usage coefficients are all non-negative (GPUs of a pool, say), no
+    feasible point lets the block alone use more than the row allows, so the
+    block gets the redundant constraint ``usage <= 2 * right-hand side``.
     """
 
     def __init__(self, name: str, economy: Economy, lagrangian: Lagrangian, variables: list[str],
@@ -118,15 +121,20 @@ class CvxpyBlock:
         constraints = block_constraints(economy, set(self.names))
         local = _locally_bounded_rows(lagrangian, self.names) if local_bounds else []
         if len(local):
-            constraints.append(usage[local] <= lagrangian.rhs[local])
+            # Twice the right-hand side: a bound that binds at no feasible point, so it
+            # keeps the response finite without taking over the linking row's price.
+            constraints.append(usage[local] <= LOCAL_BOUND_FACTOR * np.maximum(lagrangian.rhs[local], 0.0))
         objective = sum((self.coefficients[n] @ v for n, v in self.variables.items()),
                         start=cp.Constant(0.0))
         self.rho = self.target = None
-        if penalty:
-            self.rho = cp.Parameter(nonneg=True, value=1.0, name=f"{name}.rho")
+        uses_rows = any(lagrangian.matrices[n].nnz for n in self.names)
+        if penalty and uses_rows:
+            # Written as ||sqrt(rho) * usage - sqrt(rho) * target||**2 to stay DPP, so
+            # changing rho or the target reuses the compiled problem.
+            self.rho = cp.Parameter(nonneg=True, value=1.0, name=f"{name}.root_rho")
             self.target = cp.Parameter(lagrangian.size, value=np.zeros(lagrangian.size),
-                                       name=f"{name}.target")
-            objective = objective - 0.5 * self.rho * cp.sum_squares(usage - self.target)
+                                       name=f"{name}.scaled_target")
+            objective = objective - 0.5 * cp.sum_squares(self.rho * usage - self.target)
         self.problem = cp.Problem(cp.Maximize(objective), constraints)
 
     def respond(self, prices: np.ndarray, rho: float | None = None,
@@ -136,8 +144,9 @@ class CvxpyBlock:
         for n, parameter in self.coefficients.items():
             parameter.value = coefficients[n]
         if self.rho is not None:
-            self.rho.value = 0.0 if rho is None else rho
-            self.target.value = np.zeros(self.lagrangian.size) if target is None else target
+            root = 0.0 if rho is None else float(np.sqrt(rho))
+            self.rho.value = root
+            self.target.value = root * (np.zeros(self.lagrangian.size) if target is None else target)
         self._solve()
         values = {n: np.asarray(v.value, dtype=float).ravel() for n, v in self.variables.items()}
         value = float(sum(coefficients[n] @ values[n] for n in self.names))
