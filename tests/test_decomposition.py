@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import yaml
-from conftest import CODING_AGENT, INSTANCES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -28,6 +27,8 @@ from tokenomy.solvers.decompose.requests import (
     request_structure,
 )
 from tokenomy.solvers.joint import solve
+
+from conftest import CODING_AGENT, INSTANCES
 
 SMALL_INSTANCES = sorted(INSTANCES.glob("*.yaml")) + sorted(INSTANCES.glob("failure_modes/*.yaml"))
 RISKY_INSTANCES = [CODING_AGENT, INSTANCES / "coding_agent_real.yaml",
