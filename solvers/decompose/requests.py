@@ -441,13 +441,15 @@ def solve_options(s: RequestStructure, k: np.ndarray, rate: np.ndarray, stake: n
         value[index] += -stake[index] * np.exp(-rate[index] * g) - unit_cost * g
 
     exponent = base_exponent.copy()
-    if coupled.any():
-        index = np.flatnonzero(coupled)
+    cobb_coupled = coupled & (family == COBB_DOUGLAS) & np.all(~in_curve | (cost > 0), axis=1)
+    for index, solver in ((np.flatnonzero(cobb_coupled), _coupled_cobb_douglas),
+                          (np.flatnonzero(coupled & ~cobb_coupled), _coupled)):
+        if not len(index):
+            continue
         v = np.argmax(in_curve_risk[index], axis=1)
-        result = _coupled(family[index], beta[index], in_curve[index], cost[index], v,
-                          stake[index], rate[index], risk_price[index],
-                          risk_weight[index, v], tail_rate[index])
-        g, verify, others, part = result
+        g, verify, others, part = solver(family[index], beta[index], in_curve[index], cost[index], v,
+                                         stake[index], rate[index], risk_price[index],
+                                         risk_weight[index, v], tail_rate[index])
         effort[index] = g
         tokens[index] = np.where(in_curve[index], others, tokens[index])
         tokens[index, v] = verify
@@ -511,6 +513,57 @@ def _tail(at_stake, rate) -> np.ndarray:
     safe = np.where(finite, rate, 1.0)
     extra = np.where(finite & (at_stake > safe), np.log(np.maximum(at_stake, 1e-300) / safe), 0.0)
     return -at_stake * np.exp(-extra) - np.where(finite, safe, 0.0) * extra
+
+
+def _coupled_cobb_douglas(family, beta, in_curve, cost, v, stake, rate, risk_price, risk_weight,
+                          tail_rate):
+    """Solve Cobb-Douglas options whose risk-reducing use ``v`` is a curve input, by bisection.
+
+    At the optimum the verification tokens cost ``c_v`` minus their marginal
+    risk benefit ``r = w * psi'(w * t_v)`` each, where ``psi'`` is the marginal
+    value of risk exponent (``B exp(-u)``, capped by the tail rate). At a fixed
+    ``r`` the option is a plain Cobb-Douglas option with that effective price,
+    so effort and tokens have closed forms; the verification tokens grow with
+    ``r`` while the benefit falls with them, so the consistent ``r`` is the
+    root of an increasing function, found by bisection.
+    """
+    n = len(v)
+    rows = np.arange(n)
+    verify_cost = cost[rows, v]
+    beta_v = beta[rows, v]
+    others = in_curve.copy()
+    others[rows, v] = False
+    safe_cost = np.where(in_curve, cost, 1.0)
+    safe_beta = np.where(in_curve, beta, 1.0)
+    log_others = np.sum(np.where(others, beta * np.log(safe_cost / safe_beta), 0.0), axis=1)
+
+    def marginal_benefit(tokens):
+        marginal = risk_price * np.exp(-risk_weight * tokens)
+        return risk_weight * np.where(np.isfinite(tail_rate), np.minimum(marginal, tail_rate), marginal)
+
+    def response(benefit):
+        effective = np.maximum(verify_cost - benefit, 1e-300)
+        unit = np.exp(log_others + beta_v * np.log(effective / beta_v))
+        g = _closed_form_effort(stake, rate, unit)
+        return g, beta_v * g * unit / effective, unit
+
+    low = np.zeros(n)
+    high = np.minimum(verify_cost, marginal_benefit(np.zeros(n))) * (1.0 - 1e-12)
+    for _ in range(BISECTION_STEPS):
+        middle = 0.5 * (low + high)
+        _, verify, _ = response(middle)
+        short = middle < marginal_benefit(verify)
+        low = np.where(short, middle, low)
+        high = np.where(short, high, middle)
+    g, verify, unit = response(0.5 * (low + high))
+    effective = np.maximum(verify_cost - 0.5 * (low + high), 1e-300)
+    prices = np.where(in_curve, safe_cost, 1.0)
+    prices[rows, v] = effective
+    other_tokens = np.where(others, g[:, None] * safe_beta * unit[:, None] / prices, 0.0)
+    spend = np.sum(np.where(others, cost * other_tokens, 0.0), axis=1) + verify_cost * verify
+    tail = _tail(risk_price * np.exp(-risk_weight * verify), tail_rate)
+    value = -stake * np.exp(-rate * g) - spend + tail
+    return g, verify, other_tokens, value
 
 
 def _coupled(family, beta, in_curve, cost, v, stake, rate, risk_price, risk_weight, tail_rate):
