@@ -446,6 +446,9 @@ class _Run:
     def _admm(self) -> None:
         owner, lagrangian = self.owner, self.lagrangian
         economy = owner.economy
+        if owner.kernel is not None and len(owner.kernel.requests) != owner.kernel.structure.task_count:
+            raise SolveError("ADMM solves task classes only, because its request block is one CVXPY "
+                             "problem; use --method bundle or subgradient with per-request rows")
         # Both lists start with the request block, so a penalized solution is a column
         # of the block at the same position.
         penalized = []

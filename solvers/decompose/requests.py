@@ -54,6 +54,11 @@ FREE_EFFORT = 40.0
 """Effort times rate chosen when tokens are free: the missing success is exp(-40)."""
 
 BISECTION_STEPS = 80
+BENEFIT_STEPS = 45
+"""Bisection steps on the verification benefit: a bracket of 3e-14 of the token cost.
+
+The option's value is flat in the benefit at the root (envelope theorem), so
+its error is of the order of the bracket squared."""
 GOLDEN_STEPS = 90
 GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 
@@ -549,7 +554,7 @@ def _coupled_cobb_douglas(family, beta, in_curve, cost, v, stake, rate, risk_pri
 
     low = np.zeros(n)
     high = np.minimum(verify_cost, marginal_benefit(np.zeros(n))) * (1.0 - 1e-12)
-    for _ in range(BISECTION_STEPS):
+    for _ in range(BENEFIT_STEPS):
         middle = 0.5 * (low + high)
         _, verify, _ = response(middle)
         short = middle < marginal_benefit(verify)
