@@ -437,7 +437,7 @@ class HostedEngine(EngineBase):
                 sent += 1
             return [pickle.loads(self._receive(host, step)) for host in range(sent)]
         except KeyboardInterrupt:
-            logger.warning("%s engine: interrupted during %s; terminating the workers", self.name, step)
+            logger.warning("%s engine: interrupted during %s; stopping the workers", self.name, step)
             self._state = "closed"
             self._abort()
             raise
@@ -485,7 +485,8 @@ class ProcessEngine(HostedEngine):
         Number of worker processes; the number of CPUs this process may use
         when ``None``, and never more than the number of specs.
     start_method:
-        ``"spawn"`` (a fresh interpreter per worker) or ``"forkserver"``.
+        ``"forkserver"`` (the default where the platform has it) or
+        ``"spawn"`` (a fresh interpreter per worker, the default elsewhere).
         Fork is not offered, because a forked child inherits the
         coordinator's threads and open pipes.
     stop_timeout:
@@ -493,16 +494,27 @@ class ProcessEngine(HostedEngine):
 
     Notes
     -----
-    A worker process imports :mod:`tokenomy.solvers` and the factory's
-    module before it builds its chunks, so a start takes about a second
-    more than the factory itself.
+    Both start methods import the coordinator's main module in each worker,
+    so a script that starts an engine needs an ``if __name__ == "__main__":``
+    guard, as with any multiprocessing program.
+
+    A worker imports :mod:`tokenomy.solvers`, which takes about a second.
+    With ``"forkserver"`` the fork server imports it once and every later
+    worker starts from that copy, so the first engine of a program starts
+    in seconds and later ones in a fraction of a second. The fork server
+    process lives until the program exits.
     """
 
     name = "process"
-    START_METHODS = ("spawn", "forkserver")
+    START_METHODS = ("forkserver", "spawn")
 
-    def __init__(self, workers: int | None = None, start_method: str = "spawn", stop_timeout: float = 10.0) -> None:
+    def __init__(
+        self, workers: int | None = None, start_method: str | None = None, stop_timeout: float = 10.0
+    ) -> None:
         super().__init__(workers)
+        if start_method is None:
+            available = multiprocessing.get_all_start_methods()
+            start_method = "forkserver" if "forkserver" in available else "spawn"
         if start_method not in self.START_METHODS:
             raise ValueError(
                 f"invalid start_method={start_method!r} for the process engine: expected one of {', '.join(self.START_METHODS)}"
@@ -519,6 +531,10 @@ class ProcessEngine(HostedEngine):
 
     def _launch(self, count: int) -> None:
         context = multiprocessing.get_context(self._start_method)
+        if self._start_method == "forkserver":
+            # NOTE: this replaces a preload list set elsewhere in the program.
+            # It takes effect only if the fork server has not started yet.
+            context.set_forkserver_preload(["__main__", __name__])
         for host in range(count):
             parent_end, child_end = context.Pipe(duplex=True)
             process = context.Process(
@@ -586,10 +602,11 @@ class RayEngine(HostedEngine):
         Number of actors; the cluster's CPU count when ``None``, and never
         more than the number of specs.
     address:
-        Address of an existing Ray cluster, for example ``"auto"`` or
-        ``"ray://head:10001"``. With ``None``, and no ``RAY_ADDRESS`` in the
-        environment, ``ray.init`` starts a local instance, which ``close()``
-        shuts down.
+        Address of an existing Ray cluster, for example ``"10.0.0.5:6379"``,
+        ``"ray://head:10001"``, or ``"auto"`` for the cluster named by
+        ``RAY_ADDRESS`` or started by ``ray start`` on this machine. With
+        ``None``, the engine starts a new local Ray instance, which
+        ``close()`` shuts down.
     cpus_per_worker:
         CPUs each actor reserves. Actors that do not fit the cluster wait
         for resources until ``start_timeout``.
@@ -636,7 +653,11 @@ class RayEngine(HostedEngine):
         options = {"include_dashboard": False, **self._init_options}
         if self._address is None:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=self._address, **options)
+        # "local" starts a new instance even where ray.init() would join a
+        # cluster found through RAY_ADDRESS or ray start.
+        ray.init(address=self._address or "local", **options)
+        # ray.shutdown() at close stops a local instance and disconnects
+        # from a joined cluster, leaving the cluster running.
         self._owns_ray = True
 
     def _default_workers(self) -> int:
@@ -704,9 +725,17 @@ class MPIEngine(HostedEngine):
         from the launcher's ``--max-sleep``). Waiting processes poll and
         sleep instead of blocking in MPI, because a process blocked in MPICH
         keeps its core busy.
+    stop_timeout:
+        Seconds to wait for the workers' replies after Ctrl-C cancelled
+        their calls.
 
     Notes
     -----
+    On Ctrl-C (KeyboardInterrupt) in the coordinator, the engine sends the
+    workers on this host ``SIGUSR2``, which raises inside the running method,
+    collects their replies and stops them. A worker that dies ends the whole
+    MPI job, because MPI processes cannot outlive a failed peer.
+
     Spawning from a singleton MPICH process needs ``mpiexec`` on ``PATH``.
     The engine adds the directory of ``sys.executable`` for the call when
     it holds ``mpiexec`` (where the ``mpich`` wheel installs it in a
@@ -716,14 +745,17 @@ class MPIEngine(HostedEngine):
     name = "mpi"
     world_communicator: Any = None
     """COMM_WORLD when rank 0 runs a script under :mod:`.mpi_worker`; set by that module."""
-    _world_in_use = False
+    _world_state = "free"
+    """``"free"``, ``"in use"`` by an engine, or ``"lost"`` when workers stopped answering."""
 
-    def __init__(self, workers: int | None = None, max_sleep: float = 1e-3) -> None:
+    def __init__(self, workers: int | None = None, max_sleep: float = 1e-3, stop_timeout: float = 10.0) -> None:
         super().__init__(workers)
         import_optional("mpi4py", self.name, "mpi4py")
         if not max_sleep >= 0:
             raise ValueError(f"invalid max_sleep={max_sleep!r} for the mpi engine: expected seconds >= 0")
         self._max_sleep = max_sleep
+        self._stop_timeout = stop_timeout
+        self._outstanding: set[int] = set()
         self._mpi: Any = None
         self._worker_module: Any = None
         self._comm: Any = None
@@ -772,9 +804,11 @@ class MPIEngine(HostedEngine):
                 f"mpi engine: workers={count} but mpiexec started {available} worker rank(s); "
                 f"start mpiexec with -n {count + 1} or pass workers<={available}"
             )
-        if MPIEngine._world_in_use:
+        if MPIEngine._world_state == "in use":
             raise EngineError("mpi engine: another mpi engine uses the worker ranks; close it first")
-        MPIEngine._world_in_use = True
+        if MPIEngine._world_state == "lost":
+            raise EngineError("mpi engine: the worker ranks stopped answering after a cancelled call; restart the job")
+        MPIEngine._world_state = "in use"
         self._comm = self.world_communicator
         self._ranks = list(range(1, count + 1))
 
@@ -792,10 +826,13 @@ class MPIEngine(HostedEngine):
 
     def _send(self, host: int, data: bytes) -> None:
         self._comm.send(data, dest=self._ranks[host], tag=self._worker_module.COMMAND_TAG)
+        self._outstanding.add(host)
 
     def _receive(self, host: int, step: str) -> bytes:
         module = self._worker_module
-        return module.receive(self._comm, self._ranks[host], module.REPLY_TAG, self._max_sleep)
+        data = module.receive(self._comm, self._ranks[host], module.REPLY_TAG, self._max_sleep)
+        self._outstanding.discard(host)
+        return data
 
     def _stop(self) -> None:
         if self._comm is None:
@@ -808,26 +845,56 @@ class MPIEngine(HostedEngine):
             try:
                 self._exchange("close", itertools.repeat(encode(("release",)), len(self._ranks)))
             finally:
-                MPIEngine._world_in_use = False
+                MPIEngine._world_state = "free"
         self._comm = None
 
     def _abort(self) -> None:
+        """Cancel the calls still running, collect their replies, then stop or release the workers.
+
+        Killing an MPI process would make the process manager end the whole
+        job, this process included, so the workers are asked to stop instead.
+        """
         if self._comm is None:
             return
-        if not self._spawned:
-            # The ranks belong to mpiexec, which ends them with rank 0.
-            MPIEngine._world_in_use = False
-            self._comm = None
-            return
-        # NOTE: the intercommunicator is dropped without MPI_Comm_disconnect,
-        # which would wait for workers that may never answer. Only workers on
-        # this host, whose pids arrived with the start replies, are ended.
+        comm, self._comm = self._comm, None
+        module = self._worker_module
+        try:
+            self._cancel(comm)
+            if self._spawned:
+                for rank in self._ranks:
+                    comm.send(STOP, dest=rank, tag=module.COMMAND_TAG)
+                comm.Disconnect()
+                return
+            release = encode(("release",))
+            for rank in self._ranks:
+                comm.send(release, dest=rank, tag=module.COMMAND_TAG)
+            for rank in self._ranks:
+                module.receive(comm, rank, module.REPLY_TAG, self._max_sleep, self._stop_timeout)
+            MPIEngine._world_state = "free"
+        except TimeoutError:
+            # NOTE: spawned workers that never answer stay connected, and
+            # MPI_Finalize at the exit of this process waits for them.
+            logger.error(
+                "mpi engine: workers did not answer within %.1f s after their calls were cancelled; "
+                "they stay connected until they finish", self._stop_timeout,
+            )
+            if not self._spawned:
+                MPIEngine._world_state = "lost"
+
+    def _cancel(self, comm: Any) -> None:
+        """Signal the workers on this host whose replies are outstanding, then collect the replies."""
+        module = self._worker_module
+        pending = sorted(self._outstanding)
         hostname = socket.gethostname()
-        for location in self.locations:
-            if location[0] == hostname:
+        for host in pending:
+            if host < len(self.locations) and self.locations[host][0] == hostname:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(location[1], signal.SIGTERM)
-        self._comm = None
+                    os.kill(self.locations[host][1], module.CANCEL_SIGNAL)
+        deadline = time.monotonic() + self._stop_timeout
+        for host in pending:
+            remaining = max(0.0, deadline - time.monotonic())
+            module.receive(comm, self._ranks[host], module.REPLY_TAG, self._max_sleep, remaining)
+            self._outstanding.discard(host)
 
 
 @contextlib.contextmanager

@@ -22,9 +22,10 @@ import runpy
 import signal
 import sys
 import time
+import traceback
 from typing import Any
 
-from .engines import STOP, Host, MPIEngine
+from .engines import STOP, Host, MPIEngine, Reply, encode
 
 COMMAND_TAG = 17
 """MPI tag of commands from the coordinator."""
@@ -38,23 +39,40 @@ SPIN_SECONDS = 1e-3
 MAX_SLEEP = 1e-3
 """Default longest sleep, in seconds, between two polls of a waiting process."""
 
+CANCEL_SIGNAL = signal.SIGUSR2
+"""Signal with which the coordinator cancels the method a worker is running."""
+
 USAGE = (
     "usage: mpiexec -n K+1 python -m tokenomy.solvers.decompose.mpi_worker [--max-sleep SECONDS] script.py [args...]\n"
     "   or: mpiexec -n K+1 python -m tokenomy.solvers.decompose.mpi_worker [--max-sleep SECONDS] -m module [args...]"
 )
 
 
-def receive(comm: Any, source: int, tag: int, max_sleep: float) -> Any:
+class CallCancelled(Exception):
+    """Raised inside a worker's method when the coordinator cancels the call."""
+
+
+def receive(comm: Any, source: int, tag: int, max_sleep: float, timeout: float | None = None) -> Any:
     """Receive one message, polling with sleeps that double up to ``max_sleep`` seconds.
 
     MPICH's blocking receive keeps a core busy for as long as it waits,
     which starves the workers when the coordinator waits for them on a small
     machine. Polling gives the core back and keeps Ctrl-C responsive.
+
+    Raises
+    ------
+    TimeoutError
+        When ``timeout`` seconds pass without a message.
     """
-    spin_until = time.monotonic() + SPIN_SECONDS
+    now = time.monotonic()
+    spin_until = now + SPIN_SECONDS
+    deadline = None if timeout is None else now + timeout
     delay = 0.0
     while not comm.Iprobe(source=source, tag=tag):
-        if time.monotonic() < spin_until:
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
+            raise TimeoutError(f"no message from rank {source} within {timeout:g} s")
+        if now < spin_until:
             continue
         delay = min(max(2.0 * delay, 2e-5), max_sleep)
         time.sleep(delay)
@@ -64,9 +82,24 @@ def receive(comm: Any, source: int, tag: int, max_sleep: float) -> Any:
 def serve(comm: Any, coordinator: int, max_sleep: float = MAX_SLEEP) -> None:
     """Run the coordinator's commands on this process's chunks until ``stop``."""
     host = Host()
+    busy = False
+
+    def cancel(signum: int, frame: Any) -> None:
+        # Only a running command is cancelled; a signal that arrives while
+        # the worker waits or sends is ignored.
+        if busy:
+            raise CallCancelled("the coordinator cancelled this call")
+
+    signal.signal(CANCEL_SIGNAL, cancel)
     while True:
         data = receive(comm, coordinator, COMMAND_TAG, max_sleep)
-        reply = host.run(data)
+        busy = True
+        try:
+            reply = host.run(data)
+        except CallCancelled:
+            reply = encode(Reply(False, traceback=traceback.format_exc()))
+        finally:
+            busy = False
         if reply is None:
             return
         comm.send(reply, dest=coordinator, tag=REPLY_TAG)
