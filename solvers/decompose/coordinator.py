@@ -434,12 +434,15 @@ class _Run:
             self.record(candidate, value, responses)
             decrease = center_value - predicted
             if decrease <= 1e-14 * max(1.0, abs(center_value)):
-                # The model agrees with D at the centre inside the box: widen the box.
-                radius *= 4.0
+                # The model is exact at the centre and minimal there, so by convexity the
+                # centre minimizes D up to the model's precision: only the lower bound can
+                # still move, and the stall test ends the run if it does not.
                 continue
             if center_value - value >= 0.1 * decrease:
                 center, center_value = candidate, value
-                radius = min(radius * 2.0, 1e6)
+                # Scaled prices above a few units would value a row's whole right-hand
+                # side above all the welfare, so the box stays within that range.
+                radius = min(radius * 2.0, 10.0 * max(1.0, float(np.max(np.abs(center)))))
             else:
                 radius = max(radius * 0.5, 1e-9)
 
@@ -503,6 +506,10 @@ class _Run:
             f"{'unknown' if gap is None else f'{gap:.2e}'} above the target {self.target:.0e}")
         prices = self._prices(certified, reason)
         message = "" if certified else reason
+        if self.lower is None:
+            message += ("; no combination of the blocks' responses met every linking row. If the "
+                        "dual bound kept falling, the instance is infeasible: `tokenomy solve` "
+                        "names the budget or capacity that cannot be met")
         return DecompositionResult(
             str(self.method), self.termination, self.best_dual * scale,
             None if self.lower is None else self.lower * scale, gap, self.target, self.trace,

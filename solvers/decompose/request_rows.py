@@ -130,6 +130,8 @@ def generate_requests(instance: Instance, count: int, seed: int = 0,
                       ) -> tuple[Instance, RequestSet]:
     """Draw ``count`` requests over the instance's classes, in proportion to their volumes.
 
+    The requests of a class share its volume equally, so class volumes, and
+    with them the load on budgets and pools, stay as the instance sets them.
     Values and difficulties are log-normal around the class's (``spread`` is
     the standard deviation of the logarithm).
     """
@@ -140,7 +142,9 @@ def generate_requests(instance: Instance, count: int, seed: int = 0,
     class_value = np.array([instance.tasks[name].value for name in tasks])
     value = class_value[task] * rng.lognormal(-0.5 * value_spread ** 2, value_spread, count)
     difficulty = rng.lognormal(0.0, difficulty_spread, count)
-    return attach_requests(instance, task, np.ones(count), value, difficulty, source="<generated>")
+    drawn = np.bincount(task, minlength=len(tasks))
+    share = weights[task] / drawn[task]
+    return attach_requests(instance, task, share, value, difficulty, source="<generated>")
 
 
 def write_request_file(path: str | Path, instance: Instance, requests: RequestSet) -> None:

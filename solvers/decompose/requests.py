@@ -469,7 +469,8 @@ def solve_options(s: RequestStructure, k: np.ndarray, rate: np.ndarray, stake: n
     extra = np.zeros(n)
     at_stake = risk_price * np.exp(-exponent)
     finite = risky & np.isfinite(tail_rate) & (tail_rate > 0)
-    extra[finite] = np.maximum(0.0, np.log(at_stake[finite] / tail_rate[finite]))
+    with np.errstate(divide="ignore"):  # a stake that underflowed to 0 needs no extra exponent
+        extra[finite] = np.maximum(0.0, np.log(at_stake[finite] / tail_rate[finite]))
     free = risky & (tail_rate <= 0)
     extra[free] = FREE_EFFORT
     # Coupled options already include the tail in their value; add it for the others.
