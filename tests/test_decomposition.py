@@ -28,7 +28,7 @@ from tokenomy.solvers.decompose.requests import (
 )
 from tokenomy.solvers.joint import solve
 
-from conftest import CODING_AGENT, INSTANCES
+from conftest import CODING_AGENT, INSTANCES, ROOT
 
 SMALL_INSTANCES = sorted(INSTANCES.glob("*.yaml")) + sorted(INSTANCES.glob("failure_modes/*.yaml"))
 RISKY_INSTANCES = [CODING_AGENT, INSTANCES / "coding_agent_real.yaml",
@@ -388,3 +388,29 @@ def test_cli_decompose_bad_request_file(tmp_path):
     assert result.exit_code == 2
     assert "unknown-task" in result.output
     assert "Traceback" not in result.output
+
+
+def test_extension_layer_decomposes():
+    """A layer that only declares its CVXPY formulation joins a block solved with CVXPY."""
+    import sys
+
+    from tokenomy.model.registry import REGISTRY
+
+    example = ROOT / "examples" / "tokenomy_energy"
+    sys.path.insert(0, str(example))
+    try:
+        import tokenomy_energy
+
+        with REGISTRY.isolated():
+            tokenomy_energy.register(REGISTRY)
+            instance, economy, joint = _joint(example / "energy_retrieval.yaml")
+            decomposition = Decomposition(Economy(instance))
+            assert decomposition.kernel is None
+            run = decomposition.solve("bundle", gap=1e-5)
+    finally:
+        sys.path.remove(str(example))
+    assert run.termination is Termination.GAP, run.message
+    _assert_bounds_bracket(run, joint.welfare)
+    energy = next(price for price in run.prices if price.market == "energy")
+    reference = next(price for price in joint.prices if price.market == "energy")
+    assert energy.price == pytest.approx(reference.price, rel=0.05)
