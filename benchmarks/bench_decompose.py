@@ -8,8 +8,9 @@ process so peak memory is measured per run:
 
 * ``bundle`` and ``subgradient`` price coordination, serial;
 * ``bundle`` on the ``process`` engine with two workers;
-* the joint CVXPY + Clarabel program with one task per request, where it
-  finishes within the time limit;
+* the joint CVXPY + Clarabel program with one task per request, and the same
+  problem as a linear program with tangent cuts of the curves solved by
+  HiGHS's interior point method, where they finish within the time limit;
 * the cost of one dual evaluation (the per-iteration cost) at every size.
 
 Usage::
@@ -84,12 +85,22 @@ def run_decomposition(requests: int, method: str, engine: str, time_limit: float
 
 
 def run_joint(requests: int, time_limit: float) -> dict:
-    import yaml  # noqa: F401  (the expanded instance is plain data)
-
     from tokenomy.model.economy import Economy
     from tokenomy.model.loader import validate
     from tokenomy.solvers.joint import solve
 
+    expanded = _expanded(requests)
+    started = time.perf_counter()
+    economy = Economy(validate(expanded, "benchmark-expanded"))
+    build = time.perf_counter() - started
+    result = solve(economy, time_limit=time_limit)
+    return {"seconds": time.perf_counter() - started, "build_seconds": build,
+            "termination": str(result.termination), "certified": result.certified,
+            "welfare": result.welfare, "peak_megabytes": _peak_megabytes()}
+
+
+def _expanded(requests: int) -> dict:
+    """Return the instance with one task per request (the same problem without request rows)."""
     data, instance, request_set = _instance(requests)
     classes = list(instance.tasks)
     class_value = np.array([instance.tasks[name].value for name in classes])
@@ -100,14 +111,27 @@ def run_joint(requests: int, time_limit: float) -> dict:
         original = dict(data["tasks"][classes[x]])
         original.update(volume=float(weight * volume[x]), value=float(value * class_value[x]))
         tasks[f"request-{r}"] = original
-    expanded = dict(data, tasks=tasks)
+    return dict(data, tasks=tasks)
+
+
+def run_lp(requests: int, time_limit: float) -> dict:
+    """Solve the same problem as an LP with tangent cuts of the curves, by HiGHS's interior point."""
+    from tokenomy.model.loader import validate
+    from tokenomy.solvers.mip_form import Options, build_form
+    from tokenomy.solvers.mip_highs import new_highs, pass_form
+
     started = time.perf_counter()
-    economy = Economy(validate(expanded, "benchmark-expanded"))
+    form = build_form(validate(_expanded(requests), "benchmark-expanded"), Options(relax=True))
+    highs = new_highs()
+    highs.setOptionValue("solver", "ipm")
+    highs.setOptionValue("time_limit", float(time_limit))
+    pass_form(highs, form, None)
     build = time.perf_counter() - started
-    result = solve(economy, time_limit=time_limit)
+    highs.run()
     return {"seconds": time.perf_counter() - started, "build_seconds": build,
-            "termination": str(result.termination), "certified": result.certified,
-            "welfare": result.welfare, "peak_megabytes": _peak_megabytes()}
+            "termination": highs.modelStatusToString(highs.getModelStatus()),
+            "welfare": highs.getInfo().objective_function_value * form.welfare_scale,
+            "peak_megabytes": _peak_megabytes()}
 
 
 def run_iteration_cost(requests: int) -> dict:
@@ -144,7 +168,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--joint-max", type=int, default=10_000,
-                        help="largest size at which the joint program is tried")
+                        help="largest size at which the joint program and the LP are tried")
+    parser.add_argument("--only", choices=["cost", "decompose", "joint", "lp"],
+                        help="run only this kind of measurement")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -157,6 +183,8 @@ def main() -> None:
             result = run_decomposition(requests, method, engine, limit)
         elif kind == "joint":
             result = run_joint(requests, limit)
+        elif kind == "lp":
+            result = run_lp(requests, limit)
         else:
             result = run_iteration_cost(requests)
         print(json.dumps(result))
@@ -176,10 +204,10 @@ def main() -> None:
             print(record, flush=True)
             records.append(record)
         if size <= args.joint_max:
-            record = {"requests": size, "run": "joint:clarabel",
-                      **_child("joint", size, "-", args.time_limit)}
-            print(record, flush=True)
-            records.append(record)
+            for kind, label in (("joint", "joint:clarabel"), ("lp", "lp:highs-ipm")):
+                record = {"requests": size, "run": label, **_child(kind, size, "-", args.time_limit)}
+                print(record, flush=True)
+                records.append(record)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

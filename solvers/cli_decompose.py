@@ -54,7 +54,8 @@ def decompose_command(
     max_iterations: Annotated[int, typer.Option(help="Iteration limit.")] = 500,
     time_limit: Annotated[float | None, typer.Option(help="Seconds allowed for the run.")] = None,
     requests: Annotated[Path | None, typer.Option(
-        help="CSV file of per-request rows (task, count, value, difficulty).")] = None,
+        help="CSV file of per-request rows (task, count, value, difficulty); "
+        "default: the instance's requests.file.")] = None,
     generate: Annotated[int | None, typer.Option(
         "--generate-requests", help="Draw this many per-request rows from the classes instead.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of --generate-requests.")] = 0,
@@ -85,6 +86,8 @@ def decompose_command(
         if requests is not None and generate is not None:
             errors.print("--requests and --generate-requests exclude each other; give one of them")
             raise typer.Exit(EXIT_INVALID)
+        if requests is None and generate is None and instance.requests is not None:
+            requests = file.parent / instance.requests.file
         if requests is not None:
             instance, request_set = read_request_file(requests, instance)
         elif generate is not None:
@@ -153,14 +156,23 @@ def build_decomposition_report(name: str, decomposition: Decomposition, result: 
     if route is not None:
         for k in range(data.option_count):
             task, model = data.option_label(k)
-            routing.append({"task": task, "model": model, "share": float(route[k])})
+            volume = float(data.volume[data.option_task[k]])
+            routing.append({"task": task, "model": model, "share": float(route[k]),
+                            "requests": float(route[k]) * volume})
         defer = result.allocation.get("defer")
         if defer is not None:
-            routing += [{"task": task, "model": "defer", "share": float(defer[x])}
+            routing += [{"task": task, "model": "defer", "share": float(defer[x]),
+                         "requests": float(defer[x] * data.volume[x])}
                         for x, task in enumerate(data.tasks) if defer[x] > 1e-9]
     run = result.as_dict()
-    return {"instance": name, "kind": "decomposition", "welfare": result.primal_bound,
-            "bound": result.dual_bound, "decomposition": run, "routing": routing}
+    status = "optimal" if result.certified else ("feasible" if result.primal_bound is not None
+                                                 else "no_solution")
+    # The top-level keys follow the solve report, so `tokenomy report` renders both.
+    return {"instance": name, "kind": "decomposition", "status": status,
+            "termination": run["termination"], "certified": result.certified,
+            "solver": f"decomposition ({run['method']})", "welfare": result.primal_bound,
+            "bound": result.dual_bound, "gap": result.gap, "message": result.message,
+            "prices": run["prices"], "routing": routing, "decomposition": run}
 
 
 def _request_rows(decomposition: Decomposition, result: DecompositionResult) -> dict | None:
@@ -234,5 +246,5 @@ def _print_summary(report: dict) -> None:
     for price in run["prices"]:
         value = "withheld" if price["price"] is None else f"{price['price']:.6g}"
         binding = "" if price["binding"] is None else ("yes" if price["binding"] else "no")
-        table.add_row(escape(price["row"]), value, escape(price["unit"]), binding)
+        table.add_row(escape(price["market"]), value, escape(price["unit"]), binding)
     console.print(table)

@@ -414,3 +414,43 @@ def test_extension_layer_decomposes():
     energy = next(price for price in run.prices if price.market == "energy")
     reference = next(price for price in joint.prices if price.market == "energy")
     assert energy.price == pytest.approx(reference.price, rel=0.05)
+
+
+def test_cli_decompose_reads_instance_request_rows(tmp_path):
+    out = tmp_path / "run"
+    instance = INSTANCES / "coding_agent_requests.yaml"
+    result = CliRunner().invoke(app, ["decompose", str(instance), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = (out / "requests.csv").read_text().splitlines()
+    assert len(lines) == 3001
+    report = json.loads((out / "decomposition.json").read_text())
+    assert report["decomposition"]["certified"] is True
+
+
+def test_html_report_of_a_run(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["decompose", str(CODING_AGENT), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = tmp_path / "run.html"
+    rendered = CliRunner().invoke(app, ["report", str(out / "decomposition.json"), "--html", str(page)])
+    assert rendered.exit_code == 0, rendered.output
+    html = page.read_text()
+    for heading in ("Prices", "Routing and tokens", "Decomposition"):
+        assert f"<h2>{heading}" in html
+
+
+def test_process_engine_matches_serial():
+    from tokenomy.solvers.decompose.engines import make_engine
+    from tokenomy.solvers.decompose.request_rows import generate_requests
+
+    instance, requests = generate_requests(load_instance(CODING_AGENT), 2000, seed=3)
+    serial = Decomposition(Economy(instance), requests, chunk_size=500).solve(
+        "bundle", max_iterations=12, stall_iterations=100)
+    engine = make_engine("process", workers=2)
+    decomposition = Decomposition(Economy(instance), requests, engine=engine, chunk_size=500)
+    try:
+        parallel = decomposition.solve("bundle", max_iterations=12, stall_iterations=100)
+    finally:
+        decomposition.close()
+    assert parallel.dual_bound == pytest.approx(serial.dual_bound, rel=1e-9)
+    assert parallel.primal_bound == pytest.approx(serial.primal_bound, rel=1e-9)

@@ -63,7 +63,7 @@ class Method(StrEnum):
 
 
 class Termination(StrEnum):
-    """Reason a decomposition run stopped."""
+    """Why a decomposition run stopped."""
 
     GAP = "gap"
     """The relative gap between the bounds reached the target."""
@@ -99,7 +99,7 @@ class DecompositionResult:
     """Outcome of a decomposition run.
 
     ``dual_bound`` and ``primal_bound`` are in USD per period: the optimal
-    welfare lies between them. ``allocation`` contains the variable values of the
+    welfare lies between them. ``allocation`` holds the variable values of the
     feasible combination that attains ``primal_bound`` (class-level values for
     per-request runs). ``prices`` are certified only when ``termination`` is
     ``gap``; otherwise each has ``price=None`` and a reason, and the prices of
@@ -132,7 +132,7 @@ class DecompositionResult:
             "dual_bound": self.dual_bound, "primal_bound": self.primal_bound, "gap": self.gap,
             "target_gap": self.target_gap, "certified": self.certified, "seconds": self.seconds,
             "message": self.message,
-            "prices": [price.__dict__ for price in self.prices],
+            "prices": [price.as_dict() for price in self.prices],
             # The best dual point's prices, certified or not: the end of the trajectory.
             "final_prices": self.final_prices,
             "iterations": [item.as_dict() for item in self.iterations],
@@ -140,7 +140,7 @@ class DecompositionResult:
 
 
 class KernelRequestBlock:
-    """The request block, solved by the vectorized best response chunk by chunk.
+    """The request block answered by the vectorized best response, chunk by chunk.
 
     ``engine`` runs the chunks (see :mod:`.engines`); ``None`` runs them in
     this process.
@@ -226,8 +226,8 @@ class Decomposition:
     requests:
         Per-request rows; ``None`` treats each task class as one request.
     blocks:
-        ``"auto"`` solves the router and agent with the vectorized best
-        response when the economy has the default layers. ``"cvxpy"`` solves
+        ``"auto"`` answers the router and agent with the vectorized best
+        response when the economy has the default layers, ``"cvxpy"`` solves
         every block as a CVXPY problem.
     engine:
         Engine for the request chunks, ``None`` for this process.
