@@ -26,10 +26,10 @@ and effort ``g``:
 
 Options of the ``constant`` family spend fixed tokens per request.
 
-Requests, not only task classes, can be blocks: a :class:`RequestSet` gives
-each request its class, its weight in the class (its share of the class's
-volume), its value relative to the class value and a difficulty that divides
-the curve's rate. Every linear coefficient of a request is its class's
+Requests, not only task classes, can be blocks. A :class:`RequestSet` gives
+each request its class and its weight in the class (its share of the class's
+volume). It also gives the request's value relative to the class value, and a
+difficulty that divides the curve's rate. Every linear coefficient of a request is its class's
 coefficient times its weight, and the coefficients that carry the task value
 are rescaled by its relative value.
 """
@@ -267,7 +267,7 @@ class BlockResponse:
 class RequestBlock:
     """The request block's best response for one chunk of requests.
 
-    The chunk keeps its request-option arrays; each call takes the small
+    The chunk keeps its request-option arrays. Each call takes the small
     class-level coefficients and returns class-level aggregates, so a chunk
     can live on a remote worker.
     """
@@ -529,9 +529,9 @@ def _coupled_cobb_douglas(family, beta, in_curve, cost, v, stake, rate, risk_pri
     risk benefit ``r = w * psi'(w * t_v)`` each, where ``psi'`` is the marginal
     value of risk exponent (``B exp(-u)``, capped by the tail rate). At a fixed
     ``r`` the option is a plain Cobb-Douglas option with that effective price,
-    so effort and tokens have closed forms; the verification tokens grow with
-    ``r`` while the benefit falls with them, so the consistent ``r`` is the
-    root of an increasing function, found by bisection.
+    so effort and tokens have closed forms. The verification tokens grow with
+    ``r`` while the benefit falls with them. The consistent ``r`` is therefore
+    the root of an increasing function, found by bisection.
     """
     n = len(v)
     rows = np.arange(n)
