@@ -48,7 +48,8 @@ def generate_instance(tasks: int, models: int = 5, seed: int = 0) -> dict:
     model_data = {}
     for m, name in enumerate(model_names):
         quality = {}
-        for g in range(4):
+        # Only groups that some task belongs to: a curve for an empty group is invalid.
+        for g in range(min(4, tasks)):
             difficulty = 0.2 * g
             quality[f"group-{g}"] = {
                 "curve": "cobb_douglas",

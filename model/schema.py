@@ -378,6 +378,13 @@ class Tenant(Strict):
     description: str | None = None
 
 
+class RequestRows(Strict):
+    """Per-request rows of the task classes, read by ``tokenomy decompose``."""
+
+    file: str = Field(description="CSV file of requests (task, count, value, difficulty), "
+                      "relative to the instance file.")
+
+
 class Market(Strict):
     """A shared constraint: either budgeted (its dual is the price) or priced."""
 
@@ -480,6 +487,9 @@ class Instance(Strict):
     views: dict[Name, list[str]] = Field(
         default_factory=dict,
         description="Prices each layer sees in a siloed run; omitted layers keep the defaults.",
+    )
+    requests: RequestRows | None = Field(
+        None, description="Per-request rows for decomposition; other commands use the class volumes.",
     )
 
     @field_validator("layers")

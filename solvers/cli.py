@@ -113,6 +113,10 @@ def solve_command(
         return
     try:
         instance = load_instance(file, set_ or [])
+        if instance.requests is not None:
+            logging.getLogger(__name__).warning(
+                "%s: requests.file is read by tokenomy decompose only; solve uses the class volumes",
+                file)
         economy = Economy(instance)
         result = solve(economy, solver, time_limit)
     except TokenomyError as error:
@@ -502,7 +506,9 @@ def _print_summary(report: dict) -> None:
 from .cli_data import register as _register_data_commands  # noqa: E402, I001
 from .cli_report import register as _register_report_command  # noqa: E402, I001
 from .cli_extensions import register as _register_extensions_command  # noqa: E402, I001
+from .cli_decompose import register as _register_decompose_command  # noqa: E402, I001
 _register_data_commands(app)
+_register_decompose_command(app)
 _register_report_command(app)
 _register_extensions_command(app)
 
