@@ -169,8 +169,9 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds per run")
     parser.add_argument("--joint-max", type=int, default=10_000,
                         help="largest size at which the joint program and the LP are tried")
-    parser.add_argument("--only", choices=["cost", "decompose", "joint", "lp"],
-                        help="run only this kind of measurement")
+    parser.add_argument("--runs", nargs="+",
+                        help="run only these (dual-evaluation, bundle:serial, bundle:process, "
+                        "subgradient:serial, joint:clarabel, lp:highs-ipm) and merge them into --out")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -190,24 +191,30 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    wanted = set(args.runs) if args.runs else None
     records = []
-    cost_sizes = sorted(set(args.sizes) | {max(1000, args.sizes[0] // 10)})
-    for size in cost_sizes:
-        record = {"requests": size, "run": "dual evaluation", **_child("cost", size, "-", args.time_limit)}
+
+    def measure(size, label, kind, argument):
+        if wanted is not None and label not in wanted:
+            return
+        record = {"requests": size, "run": label, **_child(kind, size, argument, args.time_limit)}
         print(record, flush=True)
         records.append(record)
+
+    for size in sorted(set(args.sizes) | {max(1000, args.sizes[0] // 10)}):
+        measure(size, "dual-evaluation", "cost", "-")
     for size in args.sizes:
-        runs = ["bundle:serial", "bundle:process", "subgradient:serial"]
-        for run in runs:
-            record = {"requests": size, "run": run,
-                      **_child("decompose", size, run, args.time_limit)}
-            print(record, flush=True)
-            records.append(record)
+        for run in ("bundle:serial", "bundle:process", "subgradient:serial"):
+            measure(size, run, "decompose", run)
         if size <= args.joint_max:
-            for kind, label in (("joint", "joint:clarabel"), ("lp", "lp:highs-ipm")):
-                record = {"requests": size, "run": label, **_child(kind, size, "-", args.time_limit)}
-                print(record, flush=True)
-                records.append(record)
+            measure(size, "joint:clarabel", "joint", "-")
+            measure(size, "lp:highs-ipm", "lp", "-")
+    if wanted is not None and args.out.exists():
+        # Keep the earlier records of the runs not repeated now.
+        earlier = json.loads(args.out.read_text())["records"]
+        fresh = {(record["requests"], record["run"]) for record in records}
+        records = [record for record in earlier
+                   if (record["requests"], record["run"]) not in fresh] + records
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

@@ -35,6 +35,9 @@ EXIT_INVALID = 2
 EXIT_NO_SOLUTION = 3
 EXIT_UNCERTIFIED = 4
 
+AUTO_PROCESS_REQUESTS = 50_000
+"""Below this many requests, starting worker processes (a few seconds) costs more than it saves."""
+
 console = Console(width=max(Console().width, 120))
 errors = Console(stderr=True, soft_wrap=True)
 logger = logging.getLogger(__name__)
@@ -60,7 +63,8 @@ def decompose_command(
         "--generate-requests", help="Draw this many per-request rows from the classes instead.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of --generate-requests.")] = 0,
     engine: Annotated[str, typer.Option(
-        help="Where request chunks run: serial, process, ray or mpi (see docs/engines.md).")] = "serial",
+        help="Where request chunks run: serial, process, ray or mpi (see docs/engines.md); "
+        f"auto: process for {AUTO_PROCESS_REQUESTS:,} requests or more, else serial.")] = "auto",
     workers: Annotated[int | None, typer.Option(help="Worker processes or actors of the engine.")] = None,
     chunk_size: Annotated[int, typer.Option(help="Requests per chunk.")] = 200_000,
     blocks: Annotated[str, typer.Option(
@@ -92,6 +96,9 @@ def decompose_command(
             instance, request_set = read_request_file(requests, instance)
         elif generate is not None:
             instance, request_set = generate_requests(instance, generate, seed)
+        if engine == "auto":
+            count = 0 if request_set is None else len(request_set)
+            engine = "process" if count >= AUTO_PROCESS_REQUESTS else "serial"
         runner = _engine(engine, workers)
         decomposition = Decomposition(Economy(instance), request_set, blocks=blocks, engine=runner,
                                       chunk_size=chunk_size)

@@ -439,14 +439,18 @@ def test_html_report_of_a_run(tmp_path):
         assert f"<h2>{heading}" in html
 
 
-def test_process_engine_matches_serial():
+@pytest.mark.parametrize("name", ["process", "mpi"])
+def test_engine_matches_serial(name):
+    """The request chunks give the same run on resident workers as in this process."""
     from tokenomy.solvers.decompose.engines import make_engine
     from tokenomy.solvers.decompose.request_rows import generate_requests
 
+    if name == "mpi":
+        pytest.importorskip("mpi4py", reason="install the cluster extra to test the mpi engine")
     instance, requests = generate_requests(load_instance(CODING_AGENT), 2000, seed=3)
     serial = Decomposition(Economy(instance), requests, chunk_size=500).solve(
         "bundle", max_iterations=12, stall_iterations=100)
-    engine = make_engine("process", workers=2)
+    engine = make_engine(name, workers=2)
     decomposition = Decomposition(Economy(instance), requests, engine=engine, chunk_size=500)
     try:
         parallel = decomposition.solve("bundle", max_iterations=12, stall_iterations=100)

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..plots import PALETTE, figure_style  # noqa: E402
+
 MAX_PRICE_LINES = 8
 
 
@@ -19,14 +21,19 @@ def plot_trajectory(run: dict, path: str | Path) -> Path:
 
     ``run`` is :meth:`DecompositionResult.as_dict` output.
     """
+    with figure_style():
+        return _plot_trajectory(run, path)
+
+
+def _plot_trajectory(run: dict, path: str | Path) -> Path:
     iterations = run["iterations"]
     steps = [item["iteration"] for item in iterations]
     figure, axes = plt.subplots(1, 3, figsize=(13.5, 3.9), constrained_layout=True)
 
     upper = [item["dual_bound"] for item in iterations]
     lower = [item["primal_bound"] if item["primal_bound"] is not None else np.nan for item in iterations]
-    axes[0].plot(steps, upper, color="#c05621", label="dual (upper) bound")
-    axes[0].plot(steps, lower, color="#2b6cb0", label="primal (lower) bound")
+    axes[0].plot(steps, upper, color=PALETTE[1], label="dual (upper) bound")
+    axes[0].plot(steps, lower, color=PALETTE[0], label="primal (lower) bound")
     finite = [value for value in lower if np.isfinite(value)]
     if finite:
         low, high = min(finite), max(upper)
