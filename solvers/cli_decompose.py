@@ -28,8 +28,9 @@ from ..model.economy import Economy
 from ..model.errors import InstanceError, TokenomyError
 from ..model.loader import load_instance
 from .decompose.coordinator import Decomposition, DecompositionResult, Iteration, Method
+from .decompose.engines import EngineUnavailableError
 from .decompose.request_rows import generate_requests, read_request_file
-from .report import write_atomic
+from .report import token_table, write_atomic
 
 EXIT_INVALID = 2
 EXIT_NO_SOLUTION = 3
@@ -54,7 +55,7 @@ def decompose_command(
         help="bundle: trust-region cutting planes (fast); subgradient: projected subgradient "
         "tatonnement; admm: ADMM in exchange form (every block in CVXPY).")] = Method.BUNDLE,
     gap: Annotated[float, typer.Option(help="Relative gap between the bounds at which to stop.")] = 1e-4,
-    max_iterations: Annotated[int, typer.Option(help="Iteration limit.")] = 500,
+    max_iterations: Annotated[int, typer.Option(help="Iteration limit (at least 1).")] = 500,
     time_limit: Annotated[float | None, typer.Option(help="Seconds allowed for the run.")] = None,
     requests: Annotated[Path | None, typer.Option(
         help="CSV file of per-request rows (task, count, value, difficulty); "
@@ -84,6 +85,11 @@ def decompose_command(
     """Solve by decomposition: layers coordinated by prices, with certified bounds."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    problem = _check_options(method, gap, max_iterations, time_limit, generate, engine, workers,
+                             chunk_size, blocks, plot, requests)
+    if problem:
+        errors.print(problem, markup=False, highlight=False)
+        raise typer.Exit(EXIT_INVALID)
     try:
         instance = load_instance(file, set_ or [])
         request_set = None
@@ -109,7 +115,8 @@ def decompose_command(
             decomposition.close()
     except TokenomyError as error:
         errors.print(str(error), markup=False, highlight=False)
-        raise typer.Exit(EXIT_INVALID if isinstance(error, InstanceError) else EXIT_NO_SOLUTION) from None
+        invalid = isinstance(error, InstanceError | EngineUnavailableError)
+        raise typer.Exit(EXIT_INVALID if invalid else EXIT_NO_SOLUTION) from None
 
     report = build_decomposition_report(instance.name, decomposition, result)
     if out is not None:
@@ -128,6 +135,36 @@ def decompose_command(
         raise typer.Exit(EXIT_NO_SOLUTION)
     if not result.certified:
         raise typer.Exit(EXIT_UNCERTIFIED)
+
+
+ENGINES = ("auto", "serial", "process", "ray", "mpi")
+
+
+def _check_options(method, gap, max_iterations, time_limit, generate, engine, workers, chunk_size,
+                   blocks, plot, requests) -> str | None:
+    """Return what is wrong with the options, or ``None``, before any work starts."""
+    if not 0 < gap < 1:
+        return f"--gap {gap} is invalid: give a relative gap between 0 and 1, such as 1e-4"
+    if max_iterations < 1:
+        return f"--max-iterations {max_iterations} is invalid: give at least 1"
+    if time_limit is not None and time_limit <= 0:
+        return f"--time-limit {time_limit} is invalid: give a positive number of seconds"
+    if generate is not None and generate < 1:
+        return f"--generate-requests {generate} is invalid: give at least 1 request"
+    if engine not in ENGINES:
+        return f"--engine {engine!r} is not an engine: use one of {', '.join(ENGINES)}"
+    if workers is not None and workers < 1:
+        return f"--workers {workers} is invalid: give at least 1 worker"
+    if chunk_size < 1:
+        return f"--chunk-size {chunk_size} is invalid: give at least 1 request per chunk"
+    if blocks not in ("auto", "cvxpy"):
+        return f"--blocks {blocks!r} is invalid: use auto or cvxpy"
+    if plot is not None and not plot.parent.is_dir():
+        return f"--plot {plot}: the folder {plot.parent} does not exist; create it or choose another path"
+    if method is Method.ADMM and (requests is not None or generate is not None):
+        return ("--method admm solves task classes only, because its request block is one CVXPY "
+                "problem; use --method bundle or subgradient with per-request rows")
+    return None
 
 
 def _engine(name: str, workers: int | None):
@@ -172,6 +209,14 @@ def build_decomposition_report(name: str, decomposition: Decomposition, result: 
                          "requests": float(defer[x] * data.volume[x])}
                         for x, task in enumerate(data.tasks) if defer[x] > 1e-9]
     run = result.as_dict()
+    tokens = []
+    if route is not None:
+        # The report's token table reads the economy's variables, so load the allocation.
+        for variable_name, value in result.allocation.items():
+            variable = decomposition.economy.builder.variables.get(variable_name)
+            if variable is not None and variable.size == np.size(value):
+                variable.value = np.asarray(value, dtype=float)
+        tokens = token_table(decomposition.economy)
     status = "optimal" if result.certified else ("feasible" if result.primal_bound is not None
                                                  else "no_solution")
     # The top-level keys follow the solve report, so `tokenomy report` renders both.
@@ -179,7 +224,7 @@ def build_decomposition_report(name: str, decomposition: Decomposition, result: 
             "termination": run["termination"], "certified": result.certified,
             "solver": f"decomposition ({run['method']})", "welfare": result.primal_bound,
             "bound": result.dual_bound, "gap": result.gap, "message": result.message,
-            "prices": run["prices"], "routing": routing, "decomposition": run}
+            "prices": run["prices"], "routing": routing, "tokens": tokens, "decomposition": run}
 
 
 def _request_rows(decomposition: Decomposition, result: DecompositionResult) -> dict | None:
@@ -241,8 +286,9 @@ def _print_summary(report: dict) -> None:
     run = report["decomposition"]
     gap = "unknown" if run["gap"] is None else f"{run['gap']:.2e}"
     lower = "none found" if run["primal_bound"] is None else f"{run['primal_bound']:,.2f}"
+    count = len(run["iterations"])
     console.print(f"[bold]{escape(report['instance'])}[/bold]: {run['method']} stopped ({run['termination']}) "
-                  f"after {len(run['iterations'])} iterations in {run['seconds']:.1f} s")
+                  f"after {count} iteration{'s' if count != 1 else ''} in {run['seconds']:.1f} s")
     console.print(f"welfare between {lower} and {run['dual_bound']:,.2f} USD per period (gap {gap}, "
                   f"target {run['target_gap']:.0e})")
     if run["message"]:

@@ -365,7 +365,7 @@ def test_cli_decompose_writes_outputs(tmp_path):
 
 def test_cli_decompose_json_and_uncertified_exit():
     result = CliRunner().invoke(app, ["decompose", str(CODING_AGENT), "--json",
-                                      "--max-iterations", "8"])
+                                      "--max-iterations", "25"])
     assert result.exit_code == 4, result.output
     report = json.loads(result.stdout)
     assert report["decomposition"]["termination"] == "iteration_limit"
@@ -450,11 +450,11 @@ def test_engine_matches_serial(name):
         pytest.importorskip("mpi4py", reason="install the cluster extra to test the mpi engine")
     instance, requests = generate_requests(load_instance(CODING_AGENT), 2000, seed=3)
     serial = Decomposition(Economy(instance), requests, chunk_size=500).solve(
-        "bundle", max_iterations=12, stall_iterations=100)
+        "bundle", max_iterations=30, stall_iterations=100)
     engine = make_engine(name, workers=2)
     decomposition = Decomposition(Economy(instance), requests, engine=engine, chunk_size=500)
     try:
-        parallel = decomposition.solve("bundle", max_iterations=12, stall_iterations=100)
+        parallel = decomposition.solve("bundle", max_iterations=30, stall_iterations=100)
     finally:
         decomposition.close()
     assert parallel.dual_bound == pytest.approx(serial.dual_bound, rel=1e-9)

@@ -12,6 +12,7 @@ a small CVXPY problem whose objective coefficients are Parameters.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import cvxpy as cp
@@ -159,7 +160,11 @@ class CvxpyBlock:
             if solver not in cp.installed_solvers():
                 continue
             try:
-                self.problem.solve(solver=solver)
+                # An inaccurate solve is retried with the next solver, so CVXPY's warning
+                # about it is logged instead of printed.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.problem.solve(solver=solver)
             except cp.error.SolverError as error:
                 failures.append(f"{solver}: {error}")
                 continue
@@ -170,6 +175,7 @@ class CvxpyBlock:
                     f"the {self.name} block is unbounded at these prices: its variables "
                     f"{self.names} need a budget, for example pools.*.gpus for GPUs")
             failures.append(f"{solver}: {self.problem.status}")
+            logger.debug("the %s block: %s returned %s", self.name, solver, self.problem.status)
         raise SolveError(f"the {self.name} block could not be solved ({'; '.join(failures)})")
 
 

@@ -41,6 +41,7 @@ class LinkingRow:
     report_factor: float
     price_unit: str
     rhs_path: str | None
+    mode: str = "budget"
 
 
 @dataclass
@@ -143,7 +144,7 @@ def build_lagrangian(economy: Economy) -> Lagrangian:
             rows.append(LinkingRow(
                 spec.name, spec.kind, label, spec.mode == "equality",
                 float(spec.rhs[i] + offset[i]), float(spec.scale[i]),
-                float(spec.report_factor[i]), spec.price_unit, spec.rhs_paths[i]))
+                float(spec.report_factor[i]), spec.price_unit, spec.rhs_paths[i], spec.mode))
 
     cache = _cache_rows(economy)
     if cache is not None:

@@ -42,7 +42,7 @@ def read_request_file(path: str | Path, instance: Instance) -> tuple[Instance, R
     try:
         handle = path.open(newline="", encoding="utf-8")
     except OSError as error:
-        raise _invalid(path, FieldProblem("", str(path), f"cannot be read ({error.strerror})",
+        raise _invalid(path, FieldProblem("file", str(path), f"cannot be read ({error.strerror})",
                                                 "give the path of a CSV file of requests")) from None
     with handle:
         reader = csv.reader(handle)
