@@ -146,7 +146,7 @@ def _exit_for(result: Result) -> None:
 
 def _solve_mip(file: Path, overrides: list[str], json_output: bool, out: Path | None,
                time_limit: float | None, backend: str, mip_gap: float) -> None:
-    from .mip_cli import OptionError, print_mip_summary, run_mip
+    from .mip_cli import OptionError, print_mip_summary, run_mip, write_mip_outputs
 
     try:
         report, result = run_mip(file, overrides, time_limit, backend, mip_gap)
@@ -156,8 +156,7 @@ def _solve_mip(file: Path, overrides: list[str], json_output: bool, out: Path | 
         errors.print(f"invalid option: {error}", markup=False)
         raise typer.Exit(EXIT_INVALID) from None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "report.json", json.dumps(report, indent=2))
+        write_mip_outputs(report, out)
     if json_output:
         print(json.dumps(report, indent=2))
     else:

@@ -10,9 +10,10 @@ binary variables. Three families cover every cone:
   is ``e >= exp(-t) * ((1 + t) * y - u)``.
 * ``h(rho)`` per GPU, in perspective ``w >= g * h(L / g)``: queueing delay,
   with ``h = rho**2 / (1 - rho)`` (M/M/1) or ``h = rho**(k + 1)`` (polynomial).
-* the weighted geometric mean ``G(z) = prod z_a ** beta_a``: concave and
-  homogeneous of degree one, so ``G(z) <= grad G(d) . z`` for every direction
-  ``d`` with no constant term.
+* the weighted geometric mean ``G(x) = prod x_a ** beta_a``, written as a
+  chain of two-input means ``w_j <= w_{j-1} ** (1 - gamma_j) * x_j ** gamma_j``
+  (see :func:`geometric_error`). Each link is the perspective of ``r**gamma``
+  and gets tangent cuts at equally spaced log ratios ``ln(x_j / w_{j-1})``.
 """
 
 from __future__ import annotations
@@ -37,15 +38,20 @@ class CutSettings:
         Load over GPUs allowed at a pool phase with an M/M/1 delay curve. The
         cuts cannot bound a delay that grows without limit, so this cap is a
         restriction of the convex form, not an outer approximation.
-    directions:
-        Multiplicative spreads of the geometric-mean tangent directions around
-        the cost-minimising direction, one pair of directions per input and spread.
+    geometric_pieces:
+        Tangent points per link of a geometric-mean chain.
+    geometric_range:
+        Largest absolute log ratio ``ln(x_j / w_{j-1})`` with a tangent point.
+        The inputs are normalised so that the ratio is 0 at the mix that
+        minimises list-price spend, so ``ln 30`` places points up to a 30-fold
+        deviation from that mix.
     """
 
     pieces: int = 32
     exp_range: float = 12.0
     max_utilization: float = 0.95
-    directions: tuple[float, ...] = (1.5, 3.0, 8.0)
+    geometric_pieces: int = 17
+    geometric_range: float = float(np.log(30.0))
 
     def __post_init__(self) -> None:
         if self.pieces < 2:
@@ -54,8 +60,10 @@ class CutSettings:
             raise ValueError(f"max_utilization must lie in (0, 1), got {self.max_utilization}")
         if self.exp_range <= 0:
             raise ValueError(f"exp_range must be positive, got {self.exp_range}")
-        if any(spread <= 1.0 for spread in self.directions):
-            raise ValueError(f"direction spreads must exceed 1, got {self.directions}")
+        if self.geometric_pieces < 2:
+            raise ValueError(f"geometric_pieces must be at least 2, got {self.geometric_pieces}")
+        if self.geometric_range <= 0:
+            raise ValueError(f"geometric_range must be positive, got {self.geometric_range}")
 
 
 def exp_points(settings: CutSettings) -> np.ndarray:
@@ -123,33 +131,144 @@ def delay_cut(curve: str, power: float, points: np.ndarray) -> tuple[np.ndarray,
     return a, b
 
 
-def geometric_directions(weights: np.ndarray, costs: np.ndarray,
-                         settings: CutSettings) -> np.ndarray:
-    """Return tangent directions of a weighted geometric mean, one per row.
 
-    The first is the direction that minimises ``costs . z`` at ``G(z) = 1``,
-    ``z_a`` proportional to ``weights_a / costs_a``; the second is all ones;
-    the others scale one input of the first up or down by each spread.
-    Rows are normalised to ``G(d) = 1``.
+
+@dataclass(frozen=True)
+class GeometricBound:
+    """A-priori bound of the tangent cuts of one weighted geometric mean.
+
+    Attributes
+    ----------
+    relative_error:
+        ``rho``: every effort the cuts allow is at most ``(1 + rho) * G(x)``
+        while the mix is within ``mix_factor``.
+    mix_factor:
+        ``F``: the bound holds when, for every pair of inputs ``a`` and ``b``,
+        ``x_a / x_b`` lies within a factor ``F`` of its value at the mix that
+        minimises list-price spend.
+    link_errors:
+        Relative error of each link's cuts on its own, in chain order.
+    """
+
+    relative_error: float
+    mix_factor: float
+    link_errors: tuple[float, ...]
+
+
+def ratio_points(settings: CutSettings) -> np.ndarray:
+    """Return the tangent log ratios of one geometric-mean link, equally spaced."""
+    return np.linspace(-settings.geometric_range, settings.geometric_range,
+                       settings.geometric_pieces)
+
+
+def chain_exponents(weights: np.ndarray) -> np.ndarray:
+    """Return ``gamma_j = beta_j / (beta_0 + ... + beta_j)`` for links ``j = 1 .. m-1``.
+
+    Link j combines the mean of inputs ``0 .. j-1`` with input j, so the
+    last link's output is the mean of all inputs.
     """
     weights = np.asarray(weights, dtype=float)
-    costs = np.where(np.asarray(costs, dtype=float) > 0, costs, 1.0)
-    base = weights / costs
-    rows = [base, np.ones_like(base)]
-    for a in range(len(base)):
-        for spread in settings.directions:
-            for factor in (spread, 1.0 / spread):
-                row = base.copy()
-                row[a] *= factor
-                rows.append(row)
-    directions = np.array(rows)
-    mean = np.exp(np.log(directions) @ weights)
-    return directions / mean[:, None]
+    return weights[1:] / np.cumsum(weights)[1:]
 
 
-def geometric_cut(weights: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """Return the coefficients ``grad G(d)`` of the cuts ``g <= grad G(d) . z``, one row per direction.
+def link_cut(gamma: float, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the coefficients of ``w_j <= a * w_{j-1} + b * x_j``, one cut per point.
 
-    With ``G(d) = 1`` the gradient is ``weights / d``.
+    The cut at log ratio ``s`` is the tangent of ``w_{j-1}**(1-gamma) * x_j**gamma``
+    along ``x_j = exp(s) * w_{j-1}``: ``a = (1 - gamma) * exp(gamma * s)`` and
+    ``b = gamma * exp((gamma - 1) * s)``.
     """
-    return np.asarray(weights, dtype=float)[None, :] / directions
+    return (1.0 - gamma) * np.exp(gamma * points), gamma * np.exp((gamma - 1.0) * points)
+
+
+def link_error(gamma: float, points: np.ndarray) -> float:
+    """Return the maximum relative error of one link's cuts inside its range.
+
+    At a log ratio ``delta`` away from the nearest tangent point the cut
+    exceeds the mean by the factor ``((1 - gamma) + gamma * exp(delta)) *
+    exp(-gamma * delta)``, which is convex in ``delta`` and 1 at 0. Within
+    ``[points[0] - h/2, points[-1] + h/2]``, with ``h`` the widest gap, the
+    nearest point is at most ``h/2`` away, so the maximum is at ``delta = ±h/2``.
+    """
+    half = float(np.max(np.diff(points))) / 2.0 if len(points) > 1 else 0.0
+    factors = [((1.0 - gamma) + gamma * np.exp(delta)) * np.exp(-gamma * delta)
+               for delta in (half, -half)]
+    return float(max(factors) - 1.0)
+
+
+def geometric_error(weights: np.ndarray, settings: CutSettings) -> GeometricBound:
+    """Return the a-priori bound of the chain cuts of ``G(x) = prod x_a ** weights_a``.
+
+    Notes
+    -----
+    Let ``W_0 = x_0`` and ``W_j = min_cuts(a * W_{j-1} + b * x_j)``: the largest
+    values the cuts allow, since every cut increases in both arguments. With
+    ``g_j(w, x) = w**(1 - gamma_j) * x**gamma_j`` the true chain is
+    ``G_j = g_j(G_{j-1}, x_j)``. Suppose ``W_{j-1} <= (1 + r_{j-1}) G_{j-1}``
+    and ``ln(x_j / W_{j-1})`` lies within the link's range. Then
+
+        W_j <= (1 + e_j) g_j(W_{j-1}, x_j) <= (1 + e_j) (1 + r_{j-1})**(1 - gamma_j) G_j,
+
+    because ``g_j`` is homogeneous of degree ``1 - gamma_j`` in its first
+    argument. So ``1 + r_j = (1 + e_j) (1 + r_{j-1})**(1 - gamma_j)``, with
+    ``e_j`` from :func:`link_error` and ``r_0 = 0``.
+
+    The range condition holds when every pairwise ratio of normalised inputs
+    is within a factor ``F``: then ``ln(x_j / G_{j-1})`` lies in ``[-ln F, ln F]``
+    (``G_{j-1}`` is a mean of inputs within that factor of each other) and
+    ``ln(x_j / W_{j-1})`` in ``[-ln F - ln(1 + r_{j-1}), ln F]``. Hence
+    ``ln F = range + h/2 - ln(1 + r_{m-2})``.
+
+    Outside that region the cuts still hold (effort is never understated), but
+    the overstatement is not bounded relative to ``G``: near a face where one
+    input is 0, ``G`` is 0 while every finite set of tangent planes stays positive.
+
+    Raises
+    ------
+    ValueError
+        When the range is too narrow for its own error (``F <= 1``).
+    """
+    gammas = chain_exponents(weights)
+    points = ratio_points(settings)
+    half = float(np.max(np.diff(points))) / 2.0
+    links = tuple(link_error(float(gamma), points) for gamma in gammas)
+    total, entering = 1.0, 1.0
+    for gamma, error in zip(gammas, links, strict=True):
+        entering = total
+        total = (1.0 + error) * total ** (1.0 - gamma)
+    reach = settings.geometric_range + half - np.log(entering)
+    if reach <= 0:
+        raise ValueError(
+            f"geometric_range {settings.geometric_range:g} with {settings.geometric_pieces} pieces "
+            "covers no mix; raise geometric_pieces or geometric_range")
+    return GeometricBound(total - 1.0, float(np.exp(reach)), links)
+
+
+def chain_effort(weights: np.ndarray, inputs: np.ndarray, settings: CutSettings) -> np.ndarray:
+    """Return the largest effort the chain cuts allow, one value per row of ``inputs``.
+
+    ``inputs`` contains normalised inputs, shape ``(n, m)``. Used to check the
+    bound against the cuts themselves.
+    """
+    inputs = np.atleast_2d(np.asarray(inputs, dtype=float))
+    points = ratio_points(settings)
+    allowed = inputs[:, 0]
+    for j, gamma in enumerate(chain_exponents(weights), start=1):
+        on_mean, on_input = link_cut(float(gamma), points)
+        allowed = np.min(on_mean[None, :] * allowed[:, None]
+                         + on_input[None, :] * inputs[:, j:j + 1], axis=1)
+    return allowed
+
+
+def success_overstatement(relative_error: float) -> float:
+    """Return the maximum of ``exp(-s) - exp(-(1 + rho) * s)`` over ``s >= 0``.
+
+    The success curves are ``1 - exp(-rate * G)``. If the cuts allow an effort
+    of at most ``(1 + rho) * G``, the success probability is overstated by at
+    most this much. The maximum is at ``s = ln(1 + rho) / rho`` and equals
+    ``rho * (1 + rho) ** (-1 - 1 / rho)``, about ``rho / e`` for small ``rho``.
+    """
+    if relative_error <= 0:
+        return 0.0
+    rho = float(relative_error)
+    return rho * (1.0 + rho) ** (-1.0 - 1.0 / rho)

@@ -6,11 +6,13 @@ capital) and the markets as linking constraints on the parent model. Every
 component is indexed and built from the form's sparse arrays.
 
 :func:`solve_mip` solves the model with HiGHS (through Pyomo's APPSI
-interface), then fixes every integer variable at its value and solves the
+interface), then fixes the integer variables at their values and solves the
 remaining LP. Prices are that LP's duals: ``price_basis`` is
 ``"fixed-integer LP"``. A MIP has no duals of its own, and the fixed-integer
 LP's duals are the derivatives of its optimal welfare with respect to the
 right-hand sides, with the discrete decisions held where the MIP put them.
+One request count per task, its margin, stays free, so that the routing
+row keeps a price (see :func:`~tokenomy.solvers.mip_form.margin_columns`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pyomo.core.expr.numeric_expr import LinearExpression
 
 from ..model.errors import SolveError
 from .joint import BINDING_TOLERANCE
-from .mip_form import LAYERS, LinearForm, RowBlock
+from .mip_diagnose import infeasibility_diagnosis
+from .mip_form import LAYERS, LinearForm, RowBlock, fixed_integer_bounds, margin_columns
 from .result import Price, Result, SolutionStatus, TerminationReason, Timings
 
 logger = logging.getLogger(__name__)
@@ -68,8 +71,12 @@ class MipResult(Result):
 
     Besides the fields of :class:`~tokenomy.solvers.result.Result`:
     ``values`` contains every column of the form at the fixed-integer LP optimum,
-    ``mip_gap`` the relative gap HiGHS proved, ``mip_gap_limit`` the gap it was
-    asked for, and ``schedule`` the published autonomy schedule.
+    ``mip_gap`` the relative gap HiGHS proved, ``mip_gap_limit`` the gap
+    requested, ``schedule`` the published autonomy schedule, ``margins`` the
+    margin option of each task (a model name or ``"defer"``), ``row_duals``
+    the fixed-integer LP's dual of every row of ``LinearForm.stacked()`` (d
+    objective / d right-hand side, in the form's scaled units) and
+    ``prices_reason`` why prices are withheld, if they are.
     """
 
     price_basis: str = PRICE_BASIS
@@ -77,10 +84,19 @@ class MipResult(Result):
     mip_gap_limit: float = DEFAULT_MIP_GAP
     values: np.ndarray | None = None
     schedule: list[dict] = field(default_factory=list)
+    margins: dict[str, str] = field(default_factory=dict)
+    row_duals: np.ndarray | None = None
+    prices_reason: str | None = None
 
 
 def build_pyomo(form: LinearForm) -> pyo.ConcreteModel:
-    """Return the Pyomo model of a form: one block per layer, markets on the parent."""
+    """Return the Pyomo model of a form: one block per layer, markets on the parent.
+
+    Besides the components, the model carries two plain attributes:
+    ``form_columns`` (the variable of each form column) and ``form_rows``
+    (the constraint of each row of ``form.stacked()``, ``None`` for an empty
+    row, which is left out).
+    """
     model = pyo.ConcreteModel(name=form.instance.name or "tokenomy")
     for layer in LAYERS:
         model.add_component(layer, pyo.Block())
@@ -97,13 +113,19 @@ def build_pyomo(form: LinearForm) -> pyo.ConcreteModel:
         )
         owner.add_component(block.name, variable)
         columns.extend(variable[i] for i in range(block.size))
-    # A plain attribute, not a Reference component: writers would list a column twice.
+    # Plain attributes, not Reference components: writers would list a column twice.
     model.form_columns = columns
 
-    for rows in form.rows:
-        getattr(model, rows.owner).add_component(_component(rows.name), _constraint(rows, columns))
-    for name, rows in form.market_rows.items():
-        model.add_component(f"market_{_component(name)}", _constraint(rows, columns))
+    rows: list = []
+    for block in form.rows:
+        component = _constraint(block, columns)
+        getattr(model, block.owner).add_component(_component(block.name), component)
+        rows += [component[i] if i in component else None for i in range(block.matrix.shape[0])]
+    for name, block in form.market_rows.items():
+        component = _constraint(block, columns)
+        model.add_component(f"market_{_component(name)}", component)
+        rows += [component[i] if i in component else None for i in range(block.matrix.shape[0])]
+    model.form_rows = rows
     nonzero = np.flatnonzero(form.objective)
     model.welfare = pyo.Objective(expr=LinearExpression(
         constant=0.0, linear_coefs=form.objective[nonzero].tolist(),
@@ -117,19 +139,21 @@ def _component(name: str) -> str:
 
 def _constraint(rows: RowBlock, columns: list) -> pyo.Constraint:
     matrix = rows.matrix
+    pointers = matrix.indptr.tolist()
+    indices, coefficients = matrix.indices.tolist(), matrix.data.tolist()
+    lower, upper = rows.lower.tolist(), rows.upper.tolist()
 
     def rule(_, i):
-        start, stop = matrix.indptr[i], matrix.indptr[i + 1]
+        start, stop = pointers[i], pointers[i + 1]
         if start == stop:
             return pyo.Constraint.Skip
         expression = LinearExpression(
-            constant=0.0, linear_coefs=matrix.data[start:stop].tolist(),
-            linear_vars=[columns[j] for j in matrix.indices[start:stop]])
-        lower, upper = rows.lower[i], rows.upper[i]
-        if lower == upper:
-            return expression == float(upper)
-        return (None if np.isinf(lower) else float(lower), expression,
-                None if np.isinf(upper) else float(upper))
+            constant=0.0, linear_coefs=coefficients[start:stop],
+            linear_vars=[columns[j] for j in indices[start:stop]])
+        if lower[i] == upper[i]:
+            return expression == upper[i]
+        return (None if np.isinf(lower[i]) else lower[i], expression,
+                None if np.isinf(upper[i]) else upper[i])
 
     return pyo.Constraint(range(matrix.shape[0]), rule=rule)
 
@@ -147,16 +171,19 @@ def solve_mip(form: LinearForm, time_limit: float | None = None,
     mip_gap:
         Relative gap between incumbent and bound at which HiGHS stops.
     fix_integers:
-        Column values (``MipResult.values`` of an earlier solve). Their integer
-        entries are fixed before solving, so only the fixed-integer LP is
-        solved. Finite-difference checks use this to re-price after a change
-        of right-hand sides.
+        Column values (``MipResult.values`` of an earlier solve). When given,
+        the MIP is skipped: the integer columns are fixed at these values
+        (with the same margins) and only the fixed-integer LP is solved.
+        Finite-difference checks use this to re-price after a change of
+        right-hand sides.
 
     Returns
     -------
     MipResult
         Prices are reported when the MIP is solved to ``mip_gap`` and the
-        fixed-integer LP to optimality; otherwise each carries ``None`` and a reason.
+        fixed-integer LP to optimality; otherwise each carries ``None`` and a
+        reason. An infeasible form carries a ``diagnosis`` naming an
+        irreducible infeasible subset of its LP relaxation.
     """
     if mip_gap < 0:
         raise SolveError(f"invalid --mip-gap {mip_gap}: give a relative gap of 0 or more")
@@ -169,15 +196,14 @@ def solve_mip(form: LinearForm, time_limit: float | None = None,
         raise SolveError("HiGHS is not available to Pyomo; install highspy (pip install highspy)")
     solver.config.load_solution = False
     solver.config.mip_gap = mip_gap
+    label = f"HiGHS {_version()} via Pyomo {metadata.version('pyomo')}"
+    if fix_integers is not None:
+        result = MipResult(TerminationReason.OPTIMAL, SolutionStatus.OPTIMAL, None, None, label,
+                           timings=timings, time_limit=time_limit, mip_gap_limit=mip_gap)
+        return _price(form, model, solver, result, np.asarray(fix_integers, dtype=float), None)
+
     if time_limit is not None:
         solver.config.time_limit = float(time_limit)
-    label = f"HiGHS {_version()} via Pyomo {metadata.version('pyomo')}"
-
-    columns = model.form_columns
-    integer = np.concatenate([block.integer for block in form.variables.values()])
-    if fix_integers is not None:
-        for j in np.flatnonzero(integer):
-            columns[j].fix(round(fix_integers[j]))
     started = time.perf_counter()
     outcome = solver.solve(model)
     timings.solve = time.perf_counter() - started
@@ -189,47 +215,70 @@ def solve_mip(form: LinearForm, time_limit: float | None = None,
                        time_limit=time_limit, mip_gap_limit=mip_gap)
     if status is SolutionStatus.NO_SOLUTION:
         result.message = f"HiGHS stopped with {outcome.termination_condition.name} and no solution"
+        if termination in (TerminationReason.INFEASIBLE, TerminationReason.UNBOUNDED):
+            result.diagnosis = infeasibility_diagnosis(form)
+            result.message = result.diagnosis["message"]
         return result
 
-    scale = form.welfare_scale
     bound = outcome.best_objective_bound
-    result.bound = None if bound is None or not np.isfinite(bound) else float(bound) * scale
+    result.bound = None if bound is None or not np.isfinite(bound) else float(bound) * form.welfare_scale
     outcome.solution_loader.load_vars()
-    mip_values = _column_values(columns)
+    _price(form, model, solver, result, _column_values(model.form_columns), float(incumbent))
+    result.mip_gap = result.gap
+    if status is not SolutionStatus.OPTIMAL and result.prices_reason is None:
+        result.prices_reason = (f"HiGHS stopped with {outcome.termination_condition.name} before "
+                                f"proving the gap of {mip_gap:g}; raise --time-limit or --mip-gap")
+        result.message = result.prices_reason
+        result.prices = market_prices(form, result.values, None, result.prices_reason)
+    return result
 
-    # The fixed-integer LP: every integer column held at its rounded MIP value.
-    for j in np.flatnonzero(integer):
+
+def _price(form: LinearForm, model, solver, result: MipResult, mip_values: np.ndarray,
+           incumbent: float | None) -> MipResult:
+    """Fix every integer column except the margins, solve the LP, and fill in values and prices.
+
+    ``incumbent`` is the MIP's scaled objective, reported as the welfare when
+    the fixed LP fails. It is ``None`` when no MIP was solved.
+    """
+    margins = margin_columns(form, mip_values)
+    lower, _ = fixed_integer_bounds(form, mip_values, margins)
+    columns = model.form_columns
+    free = {margin["column"] for margin in margins.values()}
+    for j in np.flatnonzero(form.integer_mask()):
         columns[j].domain = pyo.Reals
-        columns[j].fix(round(mip_values[j]))
+        if j not in free:
+            columns[j].fix(float(lower[j]))
     solver.config.time_limit = None
     started = time.perf_counter()
     lp = solver.solve(model)
-    lp_seconds = time.perf_counter() - started
-    timings.solve += lp_seconds
-    attempts.append({"solver": "HiGHS", "stage": PRICE_BASIS,
-                     "status": lp.termination_condition.name, "seconds": round(lp_seconds, 4)})
+    seconds = time.perf_counter() - started
+    result.timings.solve += seconds
+    result.attempts.append({"solver": "HiGHS", "stage": PRICE_BASIS,
+                            "status": lp.termination_condition.name, "seconds": round(seconds, 4)})
+    result.margins = {task: margin["model"] for task, margin in margins.items()}
+    scale = form.welfare_scale
+
     if lp.termination_condition is not TerminationCondition.optimal:
-        result.welfare = float(incumbent) * scale
         result.values = mip_values
-        result.mip_gap = result.gap
-        result.status = SolutionStatus.FEASIBLE
-        result.message = (f"the fixed-integer LP stopped with {lp.termination_condition.name}; "
-                          "prices are withheld")
-        result.prices = read_prices(form, model, mip_values, None, result.message)
+        result.welfare = None if incumbent is None else incumbent * scale
+        result.status = SolutionStatus.FEASIBLE if incumbent is not None \
+            else SolutionStatus.NO_SOLUTION
+        result.prices_reason = (f"the fixed-integer LP stopped with "
+                                f"{lp.termination_condition.name}; prices are withheld")
+        result.message = result.prices_reason
+        result.prices = market_prices(form, mip_values, None, result.prices_reason)
         return result
+
     lp.solution_loader.load_vars()
     values = _column_values(columns)
     duals = lp.solution_loader.get_duals()
-
-    result.welfare = float(incumbent) * scale
     result.values = values
-    result.mip_gap = result.gap
-    reason = None
-    if status is not SolutionStatus.OPTIMAL:
-        reason = (f"HiGHS stopped with {outcome.termination_condition.name} before proving the "
-                  f"gap of {mip_gap:g}; raise --time-limit or --mip-gap")
-        result.message = reason
-    result.prices = read_prices(form, model, values, duals, reason)
+    # The fixed LP re-optimises the continuous columns, so its welfare is the
+    # incumbent's or better (by at most the MIP tolerances) and matches the values.
+    result.welfare = float(lp.best_feasible_objective) * scale
+    result.row_duals = DUAL_SIGN * np.array(
+        [0.0 if row is None else duals.get(row, 0.0) for row in model.form_rows])
+    result.prices = market_prices(form, values, result.row_duals, None)
     result.welfare_parts = welfare_parts(form, values)
     result.schedule = autonomy_schedule(form, values, result.prices)
     return result
@@ -255,35 +304,35 @@ def _translate(condition: TerminationCondition, has_solution: bool):
     return termination, status
 
 
-def read_prices(form: LinearForm, model, values: np.ndarray, duals: dict | None,
-                reason: str | None) -> list[Price]:
+def market_prices(form: LinearForm, values: np.ndarray, row_duals: np.ndarray | None,
+                  reason: str | None) -> list[Price]:
     """Return one :class:`Price` per market row, converting fixed-integer LP duals to USD per unit.
 
-    A row's price is its dual times the welfare scale over the row scale, times
-    the market's report factor. Exogenous prices are copied. Rows with no
-    variable in them (a market no layer contributes to) get price 0.
+    ``row_duals`` is indexed like ``form.stacked()``. A row's price is its
+    dual times the welfare scale over the row scale, times the market's
+    report factor. Exogenous prices are copied. Rows with no variable in them
+    (a market no layer contributes to) get price 0. With ``row_duals`` or
+    ``reason`` missing, every constraint price is ``None``.
     """
+    offsets = form.market_offsets()
     prices = []
     for spec in form.markets:
         usage_rows = form.usage[spec.name] @ values
         if spec.mode == "price":
-            for i, label in enumerate(spec.labels):
-                prices.append(Price(spec.name, label, spec.kind, spec.mode, float(spec.price[i]),
-                                    spec.price_unit, None, None, float(usage_rows[i]), None, None))
+            prices += [Price(spec.name, label, spec.kind, spec.mode, float(spec.price[i]),
+                             spec.price_unit, None, None, float(usage_rows[i]), None, None)
+                       for i, label in enumerate(spec.labels)]
             continue
-        component = model.component(f"market_{_component(spec.name)}")
-        dual = np.zeros(len(spec.rows))
-        if duals is not None:
-            for i in range(len(spec.rows)):
-                if i in component:
-                    dual[i] = DUAL_SIGN * duals.get(component[i], 0.0)
+        first = offsets[spec.name]
+        dual = np.zeros(len(spec.rows)) if row_duals is None else \
+            row_duals[first:first + len(spec.rows)]
         price = dual * form.welfare_scale / spec.scale * spec.report_factor
+        certified = row_duals is not None and reason is None
         slack = spec.rhs - usage_rows
         for i, label in enumerate(spec.labels):
             binding = spec.mode == "equality" or abs(slack[i]) <= BINDING_TOLERANCE * max(1.0, spec.scale[i])
             prices.append(Price(
-                spec.name, label, spec.kind, spec.mode,
-                float(price[i]) + 0.0 if duals is not None and reason is None else None,
+                spec.name, label, spec.kind, spec.mode, float(price[i]) + 0.0 if certified else None,
                 spec.price_unit, bool(binding), float(slack[i]), float(usage_rows[i]),
                 float(spec.rhs[i]) if spec.rhs_paths[i] else None, spec.rhs_paths[i], reason))
     return prices
@@ -291,11 +340,7 @@ def read_prices(form: LinearForm, model, values: np.ndarray, duals: dict | None,
 
 def welfare_parts(form: LinearForm, values: np.ndarray) -> dict[str, float]:
     """Return each welfare part and each priced market's charge, in USD per period."""
-    parts = {}
-    for name in sorted(form.builder.quantities):
-        if name.startswith("welfare."):
-            matrix = form.quantity_matrix(name, 1)
-            parts[name.removeprefix("welfare.")] = float((matrix @ values)[0])
+    parts = {name: float((row @ values)[0]) for name, row in form.welfare_rows.items()}
     for spec in form.markets:
         if spec.mode == "price":
             usage = form.usage[spec.name] @ values
@@ -359,60 +404,3 @@ def _version() -> str:
         return metadata.version("highspy")
     except metadata.PackageNotFoundError:
         return ""
-
-
-def mip_report(form: LinearForm, result: MipResult) -> dict:
-    """Return the report of a mixed-integer solve as JSON-ready data."""
-    data = form.data
-    report: dict = {
-        "instance": form.instance.name,
-        "backend": "pyomo",
-        "solver": result.solver,
-        "status": result.status.value,
-        "termination": result.termination.value,
-        "message": result.message,
-        "welfare": result.welfare,
-        "bound": result.bound,
-        "mip_gap": result.mip_gap,
-        "mip_gap_limit": result.mip_gap_limit,
-        "time_limit": result.time_limit,
-        "price_basis": result.price_basis,
-        "welfare_parts": result.welfare_parts,
-        "approximation": form.approximation,
-        "timings": {"build": result.timings.build, "solve": result.timings.solve},
-        "attempts": result.attempts,
-        "units": {"welfare": "USD per period", "routing.requests": "requests per period",
-                  "gpus": "GPUs", "autonomy.expected_loss": "USD per period",
-                  "autonomy.review_minutes": "minutes per period",
-                  "autonomy.oversight_cost": "USD per period"},
-    }
-    if result.values is None:
-        return report
-
-    values = result.values
-    requests = values[form.column_slice("requests")]
-    report["routing"] = [
-        {"task": data.option_label(k)[0], "model": data.option_label(k)[1],
-         "requests": float(requests[k])}
-        for k in range(data.option_count)]
-    deferred = values[form.column_slice("deferred")]
-    report["deferred"] = {task: float(deferred[x]) for x, task in enumerate(data.tasks)}
-
-    if data.pools:
-        prefill = values[form.column_slice("gpus_prefill")]
-        decode = values[form.column_slice("gpus_decode")]
-        report["gpus"] = [{"pool": pool, "prefill": float(prefill[p]), "decode": float(decode[p])}
-                          for p, pool in enumerate(data.pools)]
-
-    investments = {}
-    if "cache_on" in form.variables:
-        enabled = values[form.column_slice("cache_on")]
-        investments["cache"] = {pool: bool(enabled[c] > 0.5)
-                                for c, pool in enumerate(form.instance.capital.cache)}
-    if "training_run" in form.variables:
-        investments["training"] = bool(values[form.column_slice("training_run")][0] > 0.5)
-    report["investments"] = investments
-
-    report["autonomy"] = result.schedule
-    report["prices"] = [price.as_dict() for price in result.prices]
-    return report

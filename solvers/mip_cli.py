@@ -13,8 +13,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..model.loader import load_instance
-from .mip import MipResult, build_pyomo, mip_report, solve_mip
+from .mip import MipResult, build_pyomo, solve_mip
 from .mip_form import build_form
+from .mip_report import mip_report
+from .report import write_outputs
 
 BACKENDS = ("pyomo", "highs")
 EXPORT_FORMATS = ("lp", "mps")
@@ -39,9 +41,17 @@ def run_mip(file: Path, overrides: list[str], time_limit: float | None, backend:
         result = solve_highs(form, time_limit, mip_gap)
     else:
         result = solve_mip(form, time_limit, mip_gap)
-    report = mip_report(form, result)
-    report["backend"] = backend
-    return report, result
+    return mip_report(form, result, backend), result
+
+
+def write_mip_outputs(report: dict, directory: Path) -> list[Path]:
+    """Write ``report.json`` and the convex backend's CSV tables into ``directory``.
+
+    The report of :func:`run_mip` has the tables under the same keys, so this
+    reuses the convex backend's writer. Every file goes through a temporary
+    file and an atomic rename, and a table the report lacks is written empty.
+    """
+    return write_outputs(report, directory)
 
 
 def export_model(file: Path, overrides: list[str], format_: str, out: Path) -> None:
@@ -70,11 +80,13 @@ def print_mip_summary(console: Console, report: dict) -> None:
         routing.add_column(column)
     for row in report.get("routing", []):
         if row["requests"] > 0.5:
-            routing.add_row(row["task"], row["model"], f"{row['requests']:,.0f}")
-    for task, count in report.get("deferred", {}).items():
-        if count > 0.5:
-            routing.add_row(task, "(deferred)", f"{count:,.0f}")
+            model = "(deferred)" if row["model"] == "defer" else row["model"]
+            routing.add_row(row["task"], model, f"{row['requests']:,.0f}")
     console.print(routing)
+    margins = report.get("routing_margins") or {}
+    if margins:
+        console.print("routing prices are for one more request sent to: " + ", ".join(
+            f"{escape(task)} -> {escape(model)}" for task, model in margins.items()))
 
     if report.get("gpus"):
         gpus = Table(title="GPUs")
@@ -114,3 +126,14 @@ def print_mip_summary(console: Console, report: dict) -> None:
                   f"{approximation['exp_error']:.2e}, success overstated by at most "
                   f"{approximation['success_error_usd']:,.4g} USD, risk understated by at most "
                   f"{approximation['risk_error_usd']:,.4g} USD per period")
+    effort = approximation.get("effort")
+    if effort:
+        realised = approximation.get("effort_realised", {})
+        console.print(
+            f"geometric-mean cuts: {effort['pieces_per_link']} per link; effort overstated by at "
+            f"most {effort['relative_error']:.2%} for token mixes within a factor "
+            f"{effort['mix_factor']:.3g} of the cheapest mix, success value by at most "
+            f"{effort['error_usd']:,.4g} USD per period; at this solution "
+            f"{realised.get('max_relative_error', 0.0):.2%}, with "
+            f"{realised.get('outside_mix_range', 0)} of {realised.get('options_checked', 0)} "
+            "options outside that range")

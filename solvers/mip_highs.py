@@ -2,7 +2,9 @@
 
 This path skips Pyomo: the form's sparse rows are stacked into one CSC
 matrix and handed to HiGHS with the column bounds, integrality and costs.
-Prices come from the same fixed-integer LP as in :mod:`tokenomy.solvers.mip`.
+Prices come from the same fixed-integer LP as in :mod:`tokenomy.solvers.mip`,
+solved by the same ``Highs`` object after the MIP: the integer columns get
+fixed bounds and lose their integrality, so the model is not passed twice.
 """
 
 from __future__ import annotations
@@ -13,18 +15,25 @@ from importlib import metadata
 
 import highspy
 import numpy as np
-import scipy.sparse as sp
 
-from .mip import DEFAULT_MIP_GAP, PRICE_BASIS, MipResult, autonomy_schedule, welfare_parts
-from .mip_form import LinearForm
-from .result import Price, SolutionStatus, TerminationReason, Timings
+from .mip import (
+    DEFAULT_MIP_GAP,
+    PRICE_BASIS,
+    MipResult,
+    autonomy_schedule,
+    market_prices,
+    welfare_parts,
+)
+from .mip_diagnose import infeasibility_diagnosis, new_highs, pass_form
+from .mip_form import LinearForm, fixed_integer_bounds, margin_columns
+from .result import SolutionStatus, TerminationReason, Timings
 
 logger = logging.getLogger(__name__)
 
 HIGHS_DUAL_SIGN = 1.0
 """highspy 1.16 reports row duals of a maximisation as d objective / d rhs already.
 
-Checked against the Pyomo path in ``tests/test_mip.py``.
+Checked against the Pyomo path and by finite differences in ``tests/test_mip.py``.
 """
 
 # One table from highspy's model status to (termination reason, solution status).
@@ -41,188 +50,121 @@ STATUS_TABLE: dict[highspy.HighsModelStatus, tuple[TerminationReason, SolutionSt
     highspy.HighsModelStatus.kSolveError: (TerminationReason.ERROR, SolutionStatus.NO_SOLUTION),
 }
 
-
-def stacked_rows(form: LinearForm) -> tuple[sp.csc_matrix, np.ndarray, np.ndarray, list[tuple[str, int]]]:
-    """Return the rows of the form as one CSC matrix with bounds, and each market's first row."""
-    blocks = list(form.rows) + list(form.market_rows.values())
-    matrix = sp.vstack([block.matrix for block in blocks], format="csc")
-    lower = np.concatenate([block.lower for block in blocks])
-    upper = np.concatenate([block.upper for block in blocks])
-    offsets, position = [], sum(block.matrix.shape[0] for block in form.rows)
-    for name, block in form.market_rows.items():
-        offsets.append((name, position))
-        position += block.matrix.shape[0]
-    return matrix, lower, upper, offsets
+SOLUTION_FEASIBLE = 2
+"""``HighsInfo.primal_solution_status`` of a feasible point (kSolutionStatusFeasible)."""
 
 
-def highs_model(form: LinearForm, integer: np.ndarray | None = None) -> highspy.HighsLp:
-    """Return the form as a ``HighsLp`` (maximisation) ready for ``passModel``."""
-    matrix, lower, upper, _ = stacked_rows(form)
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = matrix.shape[1], matrix.shape[0]
-    lp.sense_ = highspy.ObjSense.kMaximize
-    lp.col_cost_ = form.objective
-    lp.col_lower_ = np.concatenate([b.lower for b in form.variables.values()])
-    lp.col_upper_ = np.concatenate([b.upper for b in form.variables.values()])
-    lp.row_lower_, lp.row_upper_ = lower, upper
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = matrix.indptr
-    lp.a_matrix_.index_ = matrix.indices
-    lp.a_matrix_.value_ = matrix.data
-    if integer is not None and integer.any():
-        lp.integrality_ = [highspy.HighsVarType.kInteger if flag else highspy.HighsVarType.kContinuous
-                           for flag in integer]
-    return lp
-
-
-def irreducible_infeasible_subset(form: LinearForm, lp: highspy.HighsLp) -> list[dict]:
-    """Return the rows of an irreducible infeasible subset of the LP relaxation.
-
-    HiGHS computes the subset from the LP with integrality dropped. Each row
-    is mapped back to its market row and instance field, or to the layer
-    constraint it belongs to. Returns an empty list when the LP relaxation is
-    feasible (the integrality alone makes the instance infeasible).
-    """
-    relaxed = highspy.Highs()
-    relaxed.setOptionValue("output_flag", False)
-    relaxed.setOptionValue("iis_strategy", 2)  # compute the subset from the LP
-    lp.integrality_ = []
-    relaxed.passModel(lp)
-    relaxed.run()
-    if relaxed.getModelStatus() != highspy.HighsModelStatus.kInfeasible:
-        return []
-    status, iis = relaxed.getIis()
-    if status != highspy.HighsStatus.kOk or not iis.valid_:
-        logger.warning("HiGHS could not compute an irreducible infeasible subset")
-        return []
-    owners = []
-    for block in form.rows:
-        owners += [(block.name, None, None)] * block.matrix.shape[0]
-    for name, block in form.market_rows.items():
-        spec = next(spec for spec in form.markets if spec.name == name)
-        owners += [(name, spec.labels[i], spec.rhs_paths[i]) for i in range(block.matrix.shape[0])]
-    subset = []
-    for row in iis.row_index_:
-        name, label, path = owners[row]
-        subset.append({"row": int(row), "market": name if label else None,
-                       "label": label or f"{name} (layer constraint)", "rhs_path": path})
-    return subset
+def set_integrality(highs: highspy.Highs, integer: np.ndarray, flag: int) -> None:
+    """Mark the columns where ``integer`` is true as integer (``flag`` 1) or continuous (0)."""
+    columns = np.flatnonzero(integer).astype(np.int32)
+    if len(columns):
+        highs.changeColsIntegrality(len(columns), columns, np.full(len(columns), flag, np.uint8))
 
 
 def solve_highs(form: LinearForm, time_limit: float | None = None,
-                mip_gap: float = DEFAULT_MIP_GAP) -> MipResult:
-    """Solve the mixed-integer form with highspy, then its fixed-integer LP for the prices."""
+                mip_gap: float = DEFAULT_MIP_GAP,
+                fix_integers: np.ndarray | None = None) -> MipResult:
+    """Solve the mixed-integer form with highspy, then its fixed-integer LP for the prices.
+
+    Parameters and result are those of :func:`tokenomy.solvers.mip.solve_mip`.
+    """
     timings = Timings()
     started = time.perf_counter()
-    integer = np.concatenate([block.integer for block in form.variables.values()])
-    lp = highs_model(form, integer)
-    timings.build = time.perf_counter() - started
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
+    integer = form.integer_mask()
+    highs = new_highs()
     highs.setOptionValue("mip_rel_gap", float(mip_gap))
     if time_limit is not None:
         highs.setOptionValue("time_limit", float(time_limit))
     label = f"HiGHS {metadata.version('highspy')} via highspy"
+    pass_form(highs, form, None if fix_integers is not None else integer)
+    timings.build = time.perf_counter() - started
+    if fix_integers is not None:
+        result = MipResult(TerminationReason.OPTIMAL, SolutionStatus.OPTIMAL, None, None, label,
+                           timings=timings, time_limit=time_limit, mip_gap_limit=mip_gap)
+        return _price(form, highs, result, np.asarray(fix_integers, dtype=float), integer,
+                      objective=None)
 
     started = time.perf_counter()
-    highs.passModel(lp)
     highs.run()
     timings.solve = time.perf_counter() - started
     status = highs.getModelStatus()
     info = highs.getInfo()
-    has_solution = info.primal_solution_status == 2  # kSolutionStatusFeasible
     termination, solution = STATUS_TABLE.get(
         status, (TerminationReason.UNKNOWN, SolutionStatus.NO_SOLUTION))
-    if solution is SolutionStatus.FEASIBLE and not has_solution:
+    if status not in STATUS_TABLE:
+        logger.warning("HiGHS returned unknown model status %r", status)
+    if solution is SolutionStatus.FEASIBLE and info.primal_solution_status != SOLUTION_FEASIBLE:
         solution = SolutionStatus.NO_SOLUTION
     attempts = [{"solver": "HiGHS", "stage": "MIP", "status": highs.modelStatusToString(status),
-                 "seconds": round(timings.solve, 4)}]
+                 "seconds": round(timings.solve, 4), "nodes": int(info.mip_node_count),
+                 "simplex_iterations": int(info.simplex_iteration_count)}]
     result = MipResult(termination, solution, None, None, label, timings=timings,
                        attempts=attempts, time_limit=time_limit, mip_gap_limit=mip_gap)
     if solution is SolutionStatus.NO_SOLUTION:
         result.message = f"HiGHS stopped with {highs.modelStatusToString(status)} and no solution"
-        if termination is TerminationReason.INFEASIBLE:
-            subset = irreducible_infeasible_subset(form, lp)
-            if subset:
-                result.diagnosis = {
-                    "kind": "infeasible", "basis": "irreducible infeasible subset of the LP relaxation",
-                    "rows": subset,
-                    "message": "infeasible: these constraints cannot all hold (an irreducible "
-                               "infeasible subset found by HiGHS): "
-                               + "; ".join(row["label"] for row in subset),
-                }
-                result.message = result.diagnosis["message"]
-            else:
-                result.diagnosis = {
-                    "kind": "infeasible", "basis": "integrality", "rows": [],
-                    "message": "infeasible only with whole requests and GPUs: the LP relaxation is "
-                               "feasible; run the convex backend (without --backend) for the "
-                               "budgets that bind, or relax a budget",
-                }
-                result.message = result.diagnosis["message"]
+        if termination in (TerminationReason.INFEASIBLE, TerminationReason.UNBOUNDED):
+            result.diagnosis = infeasibility_diagnosis(form)
+            result.message = result.diagnosis["message"]
         return result
-    scale = form.welfare_scale
-    result.welfare = info.objective_function_value * scale
-    result.bound = info.mip_dual_bound * scale if integer.any() else result.welfare
-    result.mip_gap = result.gap
-    mip_values = np.array(highs.getSolution().col_value)
 
-    # The fixed-integer LP: integer columns fixed, integrality dropped.
-    lower, upper = np.array(lp.col_lower_), np.array(lp.col_upper_)
-    lower[integer] = upper[integer] = np.round(mip_values[integer])
-    lp.col_lower_, lp.col_upper_ = lower, upper
-    lp.integrality_ = []
-    pricing = highspy.Highs()
-    pricing.setOptionValue("output_flag", False)
-    started = time.perf_counter()
-    pricing.passModel(lp)
-    pricing.run()
-    seconds = time.perf_counter() - started
-    timings.solve += seconds
-    lp_status = pricing.getModelStatus()
-    attempts.append({"solver": "HiGHS", "stage": PRICE_BASIS,
-                     "status": pricing.modelStatusToString(lp_status), "seconds": round(seconds, 4)})
-    solution_values = pricing.getSolution()
-    values = np.array(solution_values.col_value) if lp_status == highspy.HighsModelStatus.kOptimal \
-        else mip_values
-    reason = None
-    if lp_status != highspy.HighsModelStatus.kOptimal:
-        reason = f"the fixed-integer LP stopped with {pricing.modelStatusToString(lp_status)}"
-        result.status = SolutionStatus.FEASIBLE
-    elif solution is not SolutionStatus.OPTIMAL:
-        reason = (f"HiGHS stopped with {highs.modelStatusToString(status)} before proving the gap "
-                  f"of {mip_gap:g}; raise --time-limit or --mip-gap")
-    result.message = reason or ""
-    result.values = values
-    duals = HIGHS_DUAL_SIGN * np.array(solution_values.row_dual) if reason is None else None
-    result.prices = _prices(form, values, duals, reason)
-    result.welfare_parts = welfare_parts(form, values)
-    result.schedule = autonomy_schedule(form, values, result.prices)
+    scale = form.welfare_scale
+    result.bound = info.mip_dual_bound * scale if integer.any() else None
+    mip_values = np.array(highs.getSolution().col_value)
+    _price(form, highs, result, mip_values, integer, objective=info.objective_function_value)
+    if result.bound is None and result.welfare is not None:
+        result.bound = result.welfare
+    result.mip_gap = result.gap
+    if solution is not SolutionStatus.OPTIMAL and result.prices_reason is None:
+        result.prices_reason = (f"HiGHS stopped with {highs.modelStatusToString(status)} before "
+                                f"proving the gap of {mip_gap:g}; raise --time-limit or --mip-gap")
+        result.message = result.prices_reason
+        result.prices = market_prices(form, result.values, None, result.prices_reason)
     return result
 
 
-def _prices(form: LinearForm, values: np.ndarray, duals: np.ndarray | None,
-            reason: str | None) -> list[Price]:
-    from .joint import BINDING_TOLERANCE
+def _price(form: LinearForm, highs: highspy.Highs, result: MipResult, mip_values: np.ndarray,
+           integer: np.ndarray, objective: float | None) -> MipResult:
+    """Solve the fixed-integer LP on the same ``Highs`` object and fill in values and prices.
 
-    _, _, _, offsets = stacked_rows(form)
-    first = dict(offsets)
-    prices = []
-    for spec in form.markets:
-        usage_rows = form.usage[spec.name] @ values
-        if spec.mode == "price":
-            prices += [Price(spec.name, label, spec.kind, spec.mode, float(spec.price[i]),
-                             spec.price_unit, None, None, float(usage_rows[i]), None, None)
-                       for i, label in enumerate(spec.labels)]
-            continue
-        dual = np.zeros(len(spec.rows)) if duals is None else \
-            duals[first[spec.name]:first[spec.name] + len(spec.rows)]
-        price = dual * form.welfare_scale / spec.scale * spec.report_factor
-        slack = spec.rhs - usage_rows
-        for i, label in enumerate(spec.labels):
-            binding = spec.mode == "equality" or abs(slack[i]) <= BINDING_TOLERANCE * max(1.0, spec.scale[i])
-            prices.append(Price(
-                spec.name, label, spec.kind, spec.mode, None if reason else float(price[i]) + 0.0,
-                spec.price_unit, bool(binding), float(slack[i]), float(usage_rows[i]),
-                float(spec.rhs[i]) if spec.rhs_paths[i] else None, spec.rhs_paths[i], reason))
-    return prices
+    ``objective`` is the MIP incumbent's (scaled) objective, reported as the
+    welfare when the fixed LP fails. It is ``None`` when no MIP was solved.
+    """
+    margins = margin_columns(form, mip_values)
+    lower, upper = fixed_integer_bounds(form, mip_values, margins)
+    started = time.perf_counter()
+    columns = np.arange(form.columns, dtype=np.int32)
+    highs.changeColsBounds(len(columns), columns, lower, upper)
+    set_integrality(highs, integer, 0)
+    highs.setOptionValue("time_limit", float("inf"))
+    highs.run()
+    seconds = time.perf_counter() - started
+    result.timings.solve += seconds
+    status = highs.getModelStatus()
+    result.attempts.append({"solver": "HiGHS", "stage": PRICE_BASIS,
+                            "status": highs.modelStatusToString(status),
+                            "seconds": round(seconds, 4)})
+    result.margins = {task: margin["model"] for task, margin in margins.items()}
+    scale = form.welfare_scale
+
+    if status != highspy.HighsModelStatus.kOptimal:
+        result.values = mip_values
+        result.welfare = None if objective is None else objective * scale
+        result.status = SolutionStatus.FEASIBLE if objective is not None \
+            else SolutionStatus.NO_SOLUTION
+        result.prices_reason = (f"the fixed-integer LP stopped with "
+                                f"{highs.modelStatusToString(status)}; prices are withheld")
+        result.message = result.prices_reason
+        result.prices = market_prices(form, mip_values, None, result.prices_reason)
+        return result
+
+    solution = highs.getSolution()
+    values = np.array(solution.col_value)
+    result.values = values
+    # The fixed LP re-optimises the continuous columns, so its welfare is the
+    # incumbent's or better (by at most the MIP tolerances) and matches the values.
+    result.welfare = highs.getInfo().objective_function_value * scale
+    result.row_duals = HIGHS_DUAL_SIGN * np.array(solution.row_dual)
+    result.prices = market_prices(form, values, result.row_duals, None)
+    result.welfare_parts = welfare_parts(form, values)
+    result.schedule = autonomy_schedule(form, values, result.prices)
+    return result

@@ -16,14 +16,14 @@ from tokenomy.model.layers.capital import Capital
 from tokenomy.model.layers.serving import Serving
 from tokenomy.solvers.cuts import (
     CutSettings,
+    chain_exponents,
     delay_cut,
     delay_points,
     exp_points,
-    geometric_cut,
-    geometric_directions,
+    link_cut,
+    ratio_points,
 )
 from tokenomy.solvers.joint import read_prices
-from tokenomy.solvers.mip_form import _token_cost
 
 CONES = (cp.constraints.ExpCone, cp.constraints.PowCone3D, cp.SOC)
 
@@ -54,6 +54,27 @@ def solve_reference(instance, settings: CutSettings | None = None):
     return float(problem.value) * economy.welfare_scale, prices
 
 
+def _chain_cuts(inputs, costs, weights, output, settings):
+    """Return the chain cuts of ``output <= G(inputs)``, with one new variable per inner link.
+
+    The inputs are divided by the mix that minimises ``costs . x`` at ``G = 1``,
+    as the mixed-integer form does.
+    """
+    costs = np.where(costs > 0, costs, 1.0)
+    mix = weights / costs
+    mix = mix / np.exp(weights @ np.log(mix))
+    points = ratio_points(settings)
+    normalised = [inputs[a] / mix[a] for a in range(len(weights))]
+    previous, cuts = normalised[0], []
+    gammas = chain_exponents(weights)
+    for link, gamma in enumerate(gammas, start=1):
+        target = output if link == len(gammas) else cp.Variable()
+        on_mean, on_input = link_cut(float(gamma), points)
+        cuts.append(target <= on_mean * previous + on_input * normalised[link])
+        previous = target
+    return cuts
+
+
 def _effort_cuts(builder, data, agent, settings):
     index = agent.index
     tokens, effort = builder.variables["tokens"], builder.variables.get("effort")
@@ -61,16 +82,19 @@ def _effort_cuts(builder, data, agent, settings):
         return []
     pair_index = np.full((data.option_count, len(data.uses)), -1)
     pair_index[index.pair_option, index.pair_use] = np.arange(len(index.pair_option))
-    cost = _token_cost(data)
+    k, a = index.pair_option, index.pair_use
+    share = data.input_share[a]
+    models = data.option_model[k]
+    per_token = share * data.price_input[models] + (1 - share) * data.price_output[models]
+    cost = data.volume[data.option_task[k]] * data.scale[k, a] * per_token
     cuts = []
     for i, k in enumerate(index.variable_options):
         used = np.flatnonzero(data.in_curve[k])
         if data.family[k] != "cobb_douglas" or len(used) < 2:
             continue
         pairs = pair_index[k, used]
-        directions = geometric_directions(data.weight[k, used], cost[pairs], settings)
-        for row in geometric_cut(data.weight[k, used], directions):
-            cuts.append(effort[i] <= row @ tokens[pairs])
+        weights = data.weight[k, used] / data.weight[k, used].sum()
+        cuts += _chain_cuts([tokens[j] for j in pairs], cost[pairs], weights, effort[i], settings)
     return cuts
 
 
@@ -100,6 +124,6 @@ def _training_cuts(builder, instance, capital, settings):
         return []
     weights = np.array([training.weights[i] for i in inputs])
     weights = weights / weights.sum()
-    directions = geometric_directions(weights, scales * training.price * 1e-6, settings)
     amount, effort = builder.variables["training"], builder.variables["training_effort"]
-    return [effort[0] <= row @ amount for row in geometric_cut(weights, directions)]
+    return _chain_cuts([amount[i] for i in range(len(inputs))], scales * training.price * 1e-6,
+                       weights, effort[0], settings)

@@ -6,9 +6,16 @@ from mip_reference import solve_reference
 
 from tokenomy.model.errors import InstanceError
 from tokenomy.model.loader import load_instance
-from tokenomy.solvers.cuts import CutSettings, exp_error, exp_points
+from tokenomy.solvers.cuts import (
+    CutSettings,
+    chain_effort,
+    exp_error,
+    exp_points,
+    geometric_error,
+    success_overstatement,
+)
 from tokenomy.solvers.mip import solve_mip
-from tokenomy.solvers.mip_form import Options, build_form
+from tokenomy.solvers.mip_form import Options, build_form, realised_effort_error
 from tokenomy.solvers.mip_highs import solve_highs
 from tokenomy.solvers.result import SolutionStatus
 
@@ -105,6 +112,37 @@ def test_three_requests_compute_finite_difference(three_requests):
     assert prices_of(result)["compute"] == pytest.approx(estimate, rel=1e-6)
 
 
+def test_three_requests_routing_margin(three_requests):
+    _, result = three_requests
+    # Frontier serves more requests, but its 2 GPUs are full, so the next request goes to cheap.
+    assert result.margins == {"request": "cheap"}
+
+
+def test_three_requests_routing_price(three_requests):
+    _, result = three_requests
+    points = exp_points(CutSettings())
+    active = points[np.argmax(np.exp(-points) * (1 + points - 2.0))]
+    # Cheap's shortfall follows the cut at t: e >= exp(-t) * ((1 + t) * y - u), with y its share
+    # and u fixed by the USD 2 of tokens the budget leaves. One more request adds 1/3 to y and
+    # 40 * 0.8 * 3 * (1/3) * (1 - exp(-t) * (1 + t)) to the value.
+    expected = 32 * (1 - np.exp(-active) * (1 + active))
+    price = prices_of(result)["routing[request]"]
+    assert price == pytest.approx(expected, rel=1e-6)
+    assert price == pytest.approx(19.546, abs=1e-3)
+
+
+@pytest.mark.parametrize("solver", [solve_mip, solve_highs], ids=["pyomo", "highs"])
+def test_three_requests_routing_finite_difference(three_requests, solver):
+    _, result = three_requests
+    step = 1e-3  # share of the task's 3 requests
+    welfare = []
+    for offset in (step, -step):
+        shifted = build_form(load_instance(THREE_REQUESTS), Options(offsets={"routing": offset}))
+        welfare.append(solver(shifted, fix_integers=result.values).welfare)
+    estimate = (welfare[0] - welfare[1]) / (2 * step) / 3
+    assert prices_of(result)["routing[request]"] == pytest.approx(estimate, rel=1e-6)
+
+
 @pytest.mark.parametrize("path", [WORKED_EXAMPLE, CODING_AGENT], ids=["worked_example", "coding_agent"])
 def test_relaxed_lp_matches_reference(path):
     instance = load_instance(path)
@@ -164,9 +202,10 @@ def coding_agent_mip():
 
 
 BUDGET_ROWS = ["compute", "risk", "latency[fix-failing-test]", "gpu[pool-large]"]
+ROUTING_ROWS = ["routing[fix-failing-test]", "routing[refactor-module]", "routing[triage-issue]"]
 
 
-@pytest.mark.parametrize("row", BUDGET_ROWS)
+@pytest.mark.parametrize("row", BUDGET_ROWS + ROUTING_ROWS)
 def test_fixed_integer_prices_match_finite_difference(coding_agent_mip, row):
     form, result = coding_agent_mip
     spec = next(s for s in form.markets if row in s.labels)
@@ -180,6 +219,13 @@ def test_fixed_integer_prices_match_finite_difference(coding_agent_mip, row):
         welfare.append(solve_mip(shifted, fix_integers=result.values).welfare)
     estimate = (welfare[0] - welfare[1]) / (2 * step) * spec.report_factor[index]
     assert prices_of(result)[row] == pytest.approx(estimate, rel=1e-3, abs=1e-6), row
+
+
+@pytest.mark.parametrize("row", ROUTING_ROWS)
+def test_fixed_integer_routing_price_positive(coding_agent_mip, row):
+    _, result = coding_agent_mip
+    # Every class is served, so one more request adds surplus. With every count fixed it was 0.
+    assert prices_of(result)[row] > 0.5
 
 
 def test_coding_agent_integer_decisions(coding_agent_mip):
@@ -199,6 +245,79 @@ def test_exp_cut_error_bound():
     measured = float(np.max(np.exp(-grid) - approximation))
     assert measured == pytest.approx(exp_error(points), rel=1e-3)
     assert np.all(approximation <= np.exp(-grid) + 1e-12)
+
+
+CHAIN_WEIGHTS = [[0.35, 0.15, 0.3, 0.2], [0.5, 0.5], [0.1, 0.9], [0.2, 0.3, 0.1, 0.25, 0.15]]
+
+
+@pytest.mark.parametrize("weights", CHAIN_WEIGHTS, ids=["generator", "even", "skewed", "five"])
+def test_chain_cut_error_bound(weights):
+    weights = np.array(weights)
+    settings = CutSettings()
+    bound = geometric_error(weights, settings)
+    # Every mix whose pairwise ratios are within the factor, and the corners of that region.
+    half = np.log(bound.mix_factor) / 2
+    logs = np.random.default_rng(0).uniform(-half, half, (200_000, len(weights)))
+    logs = np.concatenate([logs, np.sign(logs) * half])
+    error = chain_effort(weights, np.exp(logs), settings) / np.exp(logs @ weights) - 1
+    assert error.min() >= -1e-12
+    assert error.max() <= bound.relative_error + 1e-12
+    assert error.max() >= 0.5 * bound.relative_error
+
+
+def test_chain_cut_error_grows_outside_range():
+    weights = np.array([0.5, 0.5])
+    settings = CutSettings()
+    bound = geometric_error(weights, settings)
+    ratio = 10 * bound.mix_factor
+    allowed = chain_effort(weights, np.array([[1.0, ratio]]), settings)[0]
+    assert allowed / np.sqrt(ratio) - 1 > 10 * bound.relative_error
+
+
+def test_chain_cut_error_shrinks_with_pieces():
+    weights = np.array(CHAIN_WEIGHTS[0])
+    coarse = geometric_error(weights, CutSettings(geometric_pieces=9))
+    fine = geometric_error(weights, CutSettings(geometric_pieces=33))
+    # The error of one link falls with the square of the gap between points.
+    assert fine.relative_error < coarse.relative_error / 10
+
+
+@pytest.mark.parametrize("rho", [1e-3, 0.0106, 0.5])
+def test_success_overstatement_is_maximum(rho):
+    s = np.linspace(0, 60, 3_000_001)
+    gap = np.exp(-s) - np.exp(-(1 + rho) * s)
+    assert success_overstatement(rho) == pytest.approx(gap.max(), rel=1e-6)
+
+
+def test_effort_error_within_a_priori_bound(coding_agent_mip):
+    form, result = coding_agent_mip
+    bound = form.approximation["effort"]
+    realised = realised_effort_error(form, result.values)
+    assert realised["options_checked"] == 2
+    assert realised["outside_mix_range"] == 0
+    assert 0 < realised["max_relative_error"] <= bound["relative_error"]
+    assert 0 < realised["success_overstatement_usd"] <= bound["error_usd"]
+
+
+def test_effort_error_from_tokens(coding_agent_mip):
+    # The same check without the library's helper: effort over the geometric mean of the tokens.
+    form, result = coding_agent_mip
+    data = form.data
+    route = result.values[form.column_slice("route")]
+    tokens = result.values[form.column_slice("tokens")]
+    effort = result.values[form.column_slice("effort")]
+    index = form.layers["agent"].index
+    checked = 0
+    for i, k in enumerate(index.variable_options):
+        if route[k] <= 1e-6 or data.family[k] != "cobb_douglas":
+            continue
+        pairs = [j for j in range(len(index.pair_option))
+                 if index.pair_option[j] == k and data.in_curve[k, index.pair_use[j]]]
+        weights = data.weight[k, index.pair_use[pairs]]
+        mean = float(np.prod(tokens[pairs] ** weights))
+        assert 1 - 1e-9 <= effort[i] / mean <= 1 + form.approximation["effort"]["relative_error"]
+        checked += 1
+    assert checked == 2
 
 
 @pytest.mark.parametrize("path", [WORKED_EXAMPLE, CODING_AGENT], ids=["worked_example", "coding_agent"])
@@ -243,3 +362,18 @@ def test_autonomy_option_invalid():
     with pytest.raises(InstanceError) as error:
         build_form(load_instance(single_model(10.0)), Options(autonomy={"irreversible": "auto"}))
     assert "autonomy.irreversible" in str(error.value)
+
+
+def test_unknown_curve_family_rejected():
+    from tokenomy.model.data import compile_data
+    from tokenomy.solvers.mip_form import _check_families
+
+    instance = load_instance(WORKED_EXAMPLE)
+    data = compile_data(instance)
+    data.family[0] = "custom"  # a family an extension registered, with no tangent cuts here
+    task, model = data.option_label(0)
+    with pytest.raises(InstanceError) as error:
+        _check_families(data, instance)
+    message = str(error.value)
+    assert f"models.{model}.quality (task {task}).curve" in message
+    assert "convex backend" in message
