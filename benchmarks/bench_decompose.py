@@ -68,7 +68,9 @@ def run_decomposition(requests: int, method: str, engine: str, time_limit: float
         from tokenomy.solvers.decompose.engines import make_engine
 
         runner = make_engine(engine, workers=2)
-    decomposition = Decomposition(Economy(instance), request_set, engine=runner, chunk_size=100_000)
+    # Eight chunks, so two workers share the requests evenly from the smallest size.
+    chunk_size = max(1, -(-requests // 8))
+    decomposition = Decomposition(Economy(instance), request_set, engine=runner, chunk_size=chunk_size)
     build = time.perf_counter() - started
     try:
         result = decomposition.solve(method, gap=GAP, max_iterations=2000, time_limit=time_limit)

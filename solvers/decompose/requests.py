@@ -548,32 +548,43 @@ def _coupled_cobb_douglas(family, beta, in_curve, cost, v, stake, rate, risk_pri
         marginal = risk_price * np.exp(-risk_weight * tokens)
         return risk_weight * np.where(np.isfinite(tail_rate), np.minimum(marginal, tail_rate), marginal)
 
-    def response(benefit):
-        effective = np.maximum(verify_cost - benefit, 1e-300)
-        unit = np.exp(log_others + beta_v * np.log(effective / beta_v))
-        g = _closed_form_effort(stake, rate, unit)
-        return g, beta_v * g * unit / effective, unit
+    def response(benefit, at=slice(None)):
+        """Return effort, verification tokens and unit cost at ``benefit`` for the options ``at``."""
+        effective = np.maximum(verify_cost[at] - benefit, 1e-300)
+        unit = np.exp(log_others[at] + beta_v[at] * np.log(effective / beta_v[at]))
+        g = _closed_form_effort(stake[at], rate[at], unit)
+        return g, beta_v[at] * g * unit / effective, unit
 
     # Newton's method on excess(r) = r - benefit(t_v(r)), kept inside a bracket
     # [low, high] with excess(low) < 0 <= excess(high); a step that leaves the
     # bracket is replaced by its midpoint. With ``e = c_v - r`` the closed forms
-    # give d t_v / d r = t_v / e * (1 - beta_v + beta_v / (rate * g)).
+    # give d t_v / d r = t_v / e * (1 - beta_v + beta_v / (rate * g)). Options
+    # leave the iteration once their step no longer changes the benefit.
     low = np.zeros(n)
     high = np.minimum(verify_cost, marginal_benefit(np.zeros(n))) * (1.0 - 1e-12)
     benefit = 0.5 * (low + high)
+    active = np.arange(n)
     for _ in range(NEWTON_STEPS):
-        g, verify, _ = response(benefit)
-        marginal = risk_price * np.exp(-risk_weight * verify)
-        capped = np.isfinite(tail_rate) & (marginal > tail_rate)
-        excess = benefit - risk_weight * np.where(capped, tail_rate, marginal)
-        low = np.where(excess < 0, benefit, low)
-        high = np.where(excess >= 0, benefit, high)
-        effective = np.maximum(verify_cost - benefit, 1e-300)
+        if not len(active):
+            break
+        current = benefit[active]
+        g, verify, _ = response(current, active)
+        weight, cap = risk_weight[active], tail_rate[active]
+        marginal = risk_price[active] * np.exp(-weight * verify)
+        capped = np.isfinite(cap) & (marginal > cap)
+        excess = current - weight * np.where(capped, cap, marginal)
+        below = np.where(excess < 0, current, low[active])
+        above = np.where(excess >= 0, current, high[active])
+        effective = np.maximum(verify_cost[active] - current, 1e-300)
+        share = beta_v[active]
         with np.errstate(divide="ignore", invalid="ignore"):
-            slope = np.where(g > 0, verify / effective * (1.0 - beta_v + beta_v / (rate * g)), 0.0)
-        derivative = 1.0 + np.where(capped, 0.0, risk_weight ** 2 * marginal * slope)
-        step = benefit - excess / derivative
-        benefit = np.where((step >= low) & (step <= high), step, 0.5 * (low + high))
+            slope = np.where(g > 0, verify / effective * (1.0 - share + share / (rate[active] * g)), 0.0)
+        derivative = 1.0 + np.where(capped, 0.0, weight ** 2 * marginal * slope)
+        step = current - excess / derivative
+        step = np.where((step >= below) & (step <= above), step, 0.5 * (below + above))
+        low[active], high[active], benefit[active] = below, above, step
+        moving = np.abs(step - current) > 1e-15 * np.maximum(np.abs(current), 1e-300)
+        active = active[moving]
     g, verify, unit = response(benefit)
     effective = np.maximum(verify_cost - benefit, 1e-300)
     prices = np.where(in_curve, safe_cost, 1.0)
