@@ -32,13 +32,14 @@ import scipy.sparse as sp
 
 from ..model.data import FAMILIES, PER_MILLION, EconomyData, compile_data, effort_groups
 from ..model.economy import default_layers
-from ..model.errors import FieldProblem, InstanceError
+from ..model.errors import FieldProblem, InstanceError, SolveError
 from ..model.formulation import Builder
 from ..model.layers.agent import Agent, AgentIndex
 from ..model.layers.base import WELFARE, usage, welfare
 from ..model.layers.capital import Capital
 from ..model.layers.serving import Serving
-from ..model.markets import MarketSpec, define_markets
+from ..model.markets import MarketSpec, define_markets, meter_markets
+from ..model.registry import instance_layers
 from ..model.schema import Instance
 from .analysis import USED
 from .cuts import (
@@ -261,11 +262,18 @@ class LinearForm:
 def build_form(instance: Instance, options: Options | None = None) -> LinearForm:
     """Build the mixed-integer form of a validated instance."""
     options = options or Options()
+    extra = instance_layers(instance)
+    if extra:
+        names = ", ".join(layer.name for layer in extra)
+        raise SolveError(f"the mixed-integer form has no linear version of the extension layers "
+                         f"({names}); solve with --backend cvxpy or tokenomy decompose")
     data = compile_data(instance)
     builder = Builder()
     layers = default_layers()
     for layer in layers:
         layer.declare(builder, data, instance)
+    # Metered market kinds and tenant-scoped budgets derive their usage from the layers'.
+    meter_markets(builder, data, instance)
     agent = next(layer for layer in layers if isinstance(layer, Agent))
     serving = next(layer for layer in layers if isinstance(layer, Serving))
     capital = next(layer for layer in layers if isinstance(layer, Capital))

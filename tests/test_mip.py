@@ -377,3 +377,38 @@ def test_unknown_curve_family_rejected():
     message = str(error.value)
     assert f"models.{model}.quality (task {task}).curve" in message
     assert "convex backend" in message
+
+
+def test_tenant_budgets_in_mixed_integer_form():
+    """Tenant-scoped budgets meter the layers' spend in the mixed-integer form too."""
+    from conftest import INSTANCES
+
+    result = solve_highs(build_form(load_instance(INSTANCES / "multi_tenant.yaml")), time_limit=60)
+    assert result.status is SolutionStatus.OPTIMAL
+    prices = {price.row: price for price in result.prices}
+    assert prices["tenant-compute[analytics]"].price > 0
+    assert prices["tenant-compute[support]"].price == pytest.approx(0.0, abs=1e-9)
+    assert prices["tenant-compute[analytics]"].usage == pytest.approx(
+        prices["tenant-compute[analytics]"].rhs, rel=1e-6)
+
+
+def test_extension_layer_rejected_by_mixed_integer_form():
+    import sys
+
+    from tokenomy.model.errors import SolveError
+    from tokenomy.model.registry import REGISTRY
+
+    from conftest import ROOT
+
+    example = ROOT / "examples" / "tokenomy_energy"
+    sys.path.insert(0, str(example))
+    try:
+        import tokenomy_energy
+
+        with REGISTRY.isolated():
+            tokenomy_energy.register(REGISTRY)
+            instance = load_instance(example / "energy_retrieval.yaml")
+            with pytest.raises(SolveError, match="extension layers \\(retrieval\\)"):
+                build_form(instance)
+    finally:
+        sys.path.remove(str(example))
