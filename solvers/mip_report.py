@@ -15,9 +15,9 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from ..model.delay import delay_per_token
 from .mip import PRICE_BASIS, MipResult
 from .mip_form import USED, LinearForm, realised_effort_error
+from .report import PHASES, pool_row
 
 UNITS = {
     "welfare": "USD per period", "routing.requests": "requests per period",
@@ -117,18 +117,10 @@ def pool_table(form: LinearForm, values: np.ndarray) -> list[dict]:
     data = form.data
     rows = []
     for p, name in enumerate(data.pools):
-        pool = form.instance.pools[name]
-        row: dict = {"pool": name}
-        for phase, throughput in (("prefill", pool.prefill_tokens_per_gpu_second),
-                                  ("decode", pool.decode_tokens_per_gpu_second)):
-            gpus = float(values[form.column_slice(f"gpus_{phase}")][p])
-            load = float(values[form.column_slice(f"load_{phase}")][p])
-            row[f"gpus_{phase}"] = gpus
-            row[f"{phase}_load"] = load * throughput
-            row[f"{phase}_utilization"] = load / gpus if gpus > USED else 0.0
-            if pool.delay is not None and gpus > USED:
-                row[f"{phase}_waiting"] = delay_per_token(pool.delay, load, gpus)
-        rows.append(row)
+        rows.append(pool_row(
+            name, form.instance.pools[name],
+            {phase: float(values[form.column_slice(f"gpus_{phase}")][p]) for phase in PHASES},
+            {phase: float(values[form.column_slice(f"load_{phase}")][p]) for phase in PHASES}))
     return rows
 
 

@@ -148,19 +148,30 @@ def pool_table(economy: Economy) -> list[dict]:
     data, variables = economy.data, economy.builder.variables
     rows = []
     for p, name in enumerate(data.pools):
-        pool = economy.instance.pools[name]
-        row = {"pool": name}
-        for phase, throughput in (("prefill", pool.prefill_tokens_per_gpu_second),
-                                  ("decode", pool.decode_tokens_per_gpu_second)):
-            gpus = float(variables[f"gpus_{phase}"].value[p])
-            load = float(variables[f"load_{phase}"].value[p])
-            row[f"gpus_{phase}"] = gpus
-            row[f"{phase}_load"] = load * throughput
-            row[f"{phase}_utilization"] = load / gpus if gpus > USED else 0.0
-            if pool.delay is not None and gpus > USED:
-                row[f"{phase}_waiting"] = delay_per_token(pool.delay, load, gpus)
-        rows.append(row)
+        rows.append(pool_row(name, economy.instance.pools[name],
+                             {phase: float(variables[f"gpus_{phase}"].value[p]) for phase in PHASES},
+                             {phase: float(variables[f"load_{phase}"].value[p]) for phase in PHASES}))
     return rows
+
+
+PHASES = ("prefill", "decode")
+
+
+def pool_row(name: str, pool, gpus: dict[str, float], load: dict[str, float]) -> dict:
+    """Return one pool's row: GPUs, load in tokens, utilisation and waiting per phase.
+
+    ``gpus`` and ``load`` map each phase to GPUs and to load in GPU-equivalents.
+    """
+    row: dict = {"pool": name}
+    throughputs = {"prefill": pool.prefill_tokens_per_gpu_second,
+                   "decode": pool.decode_tokens_per_gpu_second}
+    for phase in PHASES:
+        row[f"gpus_{phase}"] = gpus[phase]
+        row[f"{phase}_load"] = load[phase] * throughputs[phase]
+        row[f"{phase}_utilization"] = load[phase] / gpus[phase] if gpus[phase] > USED else 0.0
+        if pool.delay is not None and gpus[phase] > USED:
+            row[f"{phase}_waiting"] = delay_per_token(pool.delay, load[phase], gpus[phase])
+    return row
 
 
 def capital_summary(economy: Economy) -> dict:
