@@ -193,11 +193,11 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    wanted = set(args.runs) if args.runs else None
+    selected = set(args.runs) if args.runs else None
     records = []
 
     def measure(size, label, kind, argument):
-        if wanted is not None and label not in wanted:
+        if selected is not None and label not in selected:
             return
         record = {"requests": size, "run": label, **_child(kind, size, argument, args.time_limit)}
         print(record, flush=True)
@@ -211,7 +211,7 @@ def main() -> None:
         if size <= args.joint_max:
             measure(size, "joint:clarabel", "joint", "-")
             measure(size, "lp:highs-ipm", "lp", "-")
-    if wanted is not None and args.out.exists():
+    if selected is not None and args.out.exists():
         # Keep the earlier records of the runs not repeated now.
         earlier = json.loads(args.out.read_text())["records"]
         fresh = {(record["requests"], record["run"]) for record in records}

@@ -216,7 +216,7 @@ def tenant_market(name: str, instance: Instance, data: EconomyData, quantity: st
 
     A priced market charges every tenant. A budgeted one has a row for each
     tenant listed in ``budgets`` or covered by the default ``budget``.
-    ``description`` says what one tenant's row meters.
+    ``description`` describes what one tenant's row meters.
     """
     market = instance.markets[name]
     tenants = np.arange(len(data.tenants))

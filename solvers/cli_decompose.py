@@ -2,7 +2,7 @@
 
 :func:`register` adds the command to the main ``tokenomy`` app. The command
 prints a progress bar while it runs (on stderr), then the bounds, the gap and
-the price table; ``--json`` prints the run as JSON and ``--out`` writes it
+the price table. ``--json`` prints the run as JSON, and ``--out`` writes it
 with CSV tables. Exit codes follow ``tokenomy solve``: 0 certified, 2 invalid
 input, 3 no feasible allocation found, 4 stopped before the target gap.
 """
@@ -298,6 +298,8 @@ def _print_summary(report: dict) -> None:
         table.add_column(column)
     for price in run["prices"]:
         value = "withheld" if price["price"] is None else f"{price['price']:.6g}"
-        binding = "" if price["binding"] is None else ("yes" if price["binding"] else "no")
+        binding = ""
+        if price["binding"] is not None:
+            binding = "yes" if price["binding"] else "no"
         table.add_row(escape(price["market"]), value, escape(price["unit"]), binding)
     console.print(table)

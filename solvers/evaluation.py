@@ -20,7 +20,7 @@ the joint optimum:
 Two rows that no task owns complete the account. ``shared`` contains what the
 serving and capital layers earn and spend: queueing delay, GPUs, cache
 investment, training and its capability gain, and the capacity that serving
-supplies, credited at its prices. ``budgets`` holds each budget and capacity
+supplies, credited at its prices. ``budgets`` contains each budget and capacity
 right-hand side at its price, as a negative cost.
 
 Summed over every row, each column equals the welfare parts it covers minus

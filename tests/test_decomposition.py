@@ -208,8 +208,8 @@ def test_bundle_matches_joint(path):
 
 
 # Serving-heavy instances such as failure_modes/serving_congestion.yaml stall near a
-# 3e-4 gap with subgradient steps (the serving block's response jumps between
-# extreme points); the bundle method closes them.
+# 3e-4 gap with subgradient steps, because the serving block's response jumps
+# between extreme points. The bundle method closes them.
 SUBGRADIENT_INSTANCES = [CODING_AGENT, INSTANCES / "coding_agent_real.yaml", INSTANCES / "pigou.yaml",
                          INSTANCES / "failure_modes" / "cache_misuse.yaml"]
 

@@ -1,12 +1,12 @@
 """Blocks of the decomposition and their best responses to prices.
 
 A block is a set of variables whose own constraints mention no variable of
-another block; the linking rows of :mod:`.lagrangian` are the only coupling.
+another block, so the linking rows of :mod:`.lagrangian` are the only coupling.
 Blocks are the connected components of the graph joining variables that
 share a constraint (networkx). The request block (router and agent) has a
-vectorized best response (:mod:`.requests`); every other block, including a
-layer added by a user that only declares its CVXPY formulation, is solved as
-a small CVXPY problem whose objective coefficients are Parameters.
+vectorized best response (:mod:`.requests`). Every other block is solved as
+a small CVXPY problem whose objective coefficients are Parameters, and so is
+a layer added by a user that only declares its CVXPY formulation.
 """
 
 from __future__ import annotations

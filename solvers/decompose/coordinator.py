@@ -72,7 +72,7 @@ class Method(StrEnum):
 
 
 class Termination(StrEnum):
-    """Why a decomposition run stopped."""
+    """Reason a decomposition run stopped."""
 
     GAP = "gap"
     """The relative gap between the bounds reached the target."""
@@ -108,7 +108,7 @@ class DecompositionResult:
     """Outcome of a decomposition run.
 
     ``dual_bound`` and ``primal_bound`` are in USD per period: the optimal
-    welfare lies between them. ``allocation`` holds the variable values of the
+    welfare lies between them. ``allocation`` contains the variable values of the
     feasible combination that attains ``primal_bound`` (class-level values for
     per-request runs). ``prices`` are certified only when ``termination`` is
     ``gap``; otherwise each has ``price=None`` and a reason, and the prices of
@@ -149,7 +149,7 @@ class DecompositionResult:
 
 
 class KernelRequestBlock:
-    """The request block answered by the vectorized best response, chunk by chunk.
+    """The request block, solved by the vectorized best response chunk by chunk.
 
     ``engine`` runs the chunks (see :mod:`.engines`); ``None`` runs them in
     this process.
@@ -235,8 +235,8 @@ class Decomposition:
     requests:
         Per-request rows; ``None`` treats each task class as one request.
     blocks:
-        ``"auto"`` answers the router and agent with the vectorized best
-        response when the economy has the default layers, ``"cvxpy"`` solves
+        ``"auto"`` solves the router and agent with the vectorized best
+        response when the economy has the default layers. ``"cvxpy"`` solves
         every block as a CVXPY problem.
     engine:
         Engine for the request chunks, ``None`` for this process.
@@ -461,6 +461,7 @@ class _Run:
         if owner.kernel is not None and len(owner.kernel.requests) != owner.kernel.structure.task_count:
             raise SolveError("ADMM solves task classes only, because its request block is one CVXPY "
                              "problem; use --method bundle or subgradient with per-request rows")
+
         # Both lists start with the request block, so a penalized solution is a column
         # of the block at the same position.
         penalized = []
@@ -469,12 +470,14 @@ class _Run:
             penalized.append(CvxpyBlock(label, economy, lagrangian, names, penalty=True))
         if len(penalized) != len(owner.blocks):
             raise SolveError("the ADMM blocks do not match the decomposition's blocks")
+
         count = len(penalized) + 1  # the slack of the inequality rows is one more agent
         rho = 1.0
         scaled_dual = np.zeros(lagrangian.size)
         usage = [np.zeros(lagrangian.size) for _ in penalized]
         slack = np.zeros(lagrangian.size)
         share = lagrangian.rhs / count
+
         while True:
             prices = lagrangian.project(rho * scaled_dual)
             value, responses = self.owner.dual(prices)
@@ -485,14 +488,16 @@ class _Run:
             self.record(prices, value, responses, solutions)
             if self.should_stop():
                 return
+
             slack_target = slack - average + share - scaled_dual
             new_slack = np.where(lagrangian.equality, 0.0, np.maximum(slack_target, 0.0))
             new_usage = [s.usage for s in solutions]
             new_average = (sum(new_usage) + new_slack) / count
             scaled_dual = scaled_dual + new_average - share
+
+            changes = [new - old for new, old in zip(new_usage, usage, strict=True)]
             primal = np.linalg.norm(count * new_average - lagrangian.rhs)
-            dual = rho * np.linalg.norm(np.concatenate([a - b for a, b in zip(new_usage, usage, strict=True)]
-                                                       + [new_slack - slack]))
+            dual = rho * np.linalg.norm(np.concatenate(changes + [new_slack - slack]))
             usage, slack = new_usage, new_slack
             logger.debug("ADMM rho %.3g primal %.3g dual %.3g", rho, primal, dual)
             # Residual balancing keeps the primal and dual residuals of the same order.

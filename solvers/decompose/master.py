@@ -6,10 +6,10 @@ give the certified bounds' companions:
 
 * the **restricted master** (Dantzig-Wolfe) picks a convex combination of
   each block's columns that satisfies the linking rows and maximizes welfare.
-  Its value is a feasible primal (lower) bound: a convex combination of a
-  block's points is a point of the block (its constraints are convex), its
+  Its value is a feasible primal (lower) bound. A convex combination of a
+  block's points is a point of the block (its constraints are convex). Its
   welfare is at least the combination of the columns' welfare (concavity),
-  and its usage is exactly the combination of their usage (linearity);
+  and its usage is exactly the combination of their usage (linearity).
 * the **cutting-plane model** ``m(p) = p @ r + sum_b max_i (W_bi - p @ U_bi)``
   is below the dual function everywhere; minimizing it in a box around a
   centre gives the bundle method's next prices.
@@ -71,12 +71,10 @@ def solve_master(pool: ColumnPool, lagrangian: Lagrangian) -> MasterSolution | N
         return None
     welfare = np.concatenate([np.array(w) for w in pool.welfare])
     usage = np.column_stack([u for block in pool.usage for u in block])
-    total = len(welfare)
-    convexity = np.zeros((len(sizes), total))
-    start = 0
-    for b, size in enumerate(sizes):
-        convexity[b, start:start + size] = 1.0
-        start += size
+    # One convexity row per block: its columns' weights sum to one.
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    convexity = (owner[None, :] == np.arange(len(sizes))[:, None]).astype(float)
+
     inequality = ~lagrangian.equality
     a_eq = np.vstack([convexity, usage[lagrangian.equality]])
     b_eq = np.concatenate([np.ones(len(sizes)), lagrangian.rhs[lagrangian.equality]])
@@ -85,11 +83,9 @@ def solve_master(pool: ColumnPool, lagrangian: Lagrangian) -> MasterSolution | N
                      A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
     if result.status != 0:
         return None
+
     weights = np.maximum(result.x, 0.0)
-    split, start = [], 0
-    for size in sizes:
-        split.append(weights[start:start + size])
-        start += size
+    split = np.split(weights, np.cumsum(sizes)[:-1])
     values: dict[str, np.ndarray] = {}
     for b, block_weights in enumerate(split):
         for weight, column in zip(block_weights, pool.values[b], strict=True):

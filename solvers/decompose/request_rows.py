@@ -39,26 +39,8 @@ def read_request_file(path: str | Path, instance: Instance) -> tuple[Instance, R
     path = Path(path)
     tasks = list(instance.tasks)
     position = {name: x for x, name in enumerate(tasks)}
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as error:
-        raise _invalid(path, FieldProblem("file", str(path), f"cannot be read ({error.strerror})",
-                                                "give the path of a CSV file of requests")) from None
-    with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or "task" not in header:
-            raise _invalid(path, FieldProblem("header", header, "has no 'task' column",
-                                                    f"start the file with a header such as {','.join(COLUMNS)}"))
-        unknown = [name for name in header if name not in COLUMNS]
-        if unknown:
-            raise _invalid(path, FieldProblem("header", unknown, "names unknown columns",
-                                                    f"use only {', '.join(COLUMNS)}"))
-        columns = {name: header.index(name) for name in header}
-        rows = list(reader)
-    if not rows:
-        raise _invalid(path, FieldProblem("rows", 0, "the file has no request rows",
-                                                "add one row per request after the header"))
+    columns, rows = _read_table(path)
+
     task = np.empty(len(rows), dtype=int)
     numbers = {name: np.ones(len(rows)) for name in ("count", "difficulty")}
     numbers["value"] = np.full(len(rows), np.nan)
@@ -66,13 +48,37 @@ def read_request_file(path: str | Path, instance: Instance) -> tuple[Instance, R
         name = row[columns["task"]] if len(row) > columns["task"] else ""
         if name not in position:
             raise _invalid(path, FieldProblem(f"line {line}.task", name, "is not a task of the instance",
-                                                    f"use one of {', '.join(tasks[:8])}"))
+                                              f"use one of {', '.join(tasks[:8])}"))
         task[line - 2] = position[name]
         for column, values in numbers.items():
             if column in columns and len(row) > columns[column] and row[columns[column]] != "":
                 values[line - 2] = _number(path, line, column, row[columns[column]])
     return attach_requests(instance, task, numbers["count"], numbers["value"], numbers["difficulty"],
                            source=path)
+
+
+def _read_table(path: Path) -> tuple[dict[str, int], list[list[str]]]:
+    """Return the position of each column named in the header, and the rows after it."""
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as error:
+        raise _invalid(path, FieldProblem("file", str(path), f"cannot be read ({error.strerror})",
+                                          "give the path of a CSV file of requests")) from None
+    with handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or "task" not in header:
+            raise _invalid(path, FieldProblem("header", header, "has no 'task' column",
+                                              f"start the file with a header such as {','.join(COLUMNS)}"))
+        unknown = [name for name in header if name not in COLUMNS]
+        if unknown:
+            raise _invalid(path, FieldProblem("header", unknown, "names unknown columns",
+                                              f"use only {', '.join(COLUMNS)}"))
+        rows = list(reader)
+    if not rows:
+        raise _invalid(path, FieldProblem("rows", 0, "the file has no request rows",
+                                          "add one row per request after the header"))
+    return {name: header.index(name) for name in header}, rows
 
 
 def _invalid(source, problem: FieldProblem) -> InstanceError:
