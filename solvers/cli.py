@@ -27,7 +27,7 @@ from ..model.schema import Instance
 from ..model.views import resolve_views
 from .compare import run_comparison
 from .congestion import flat_pricing_equilibrium
-from .failures import Thresholds
+from .failures import Thresholds, failure_location
 from .joint import FALLBACK_ORDER, solve
 from .policies import parse_policy
 from .report import build_report, to_json, write_atomic, write_outputs
@@ -382,13 +382,7 @@ def _print_comparison(report: dict) -> None:
     modes.add_column("where")
     modes.add_column("numbers")
     for row in report["failure_modes"]:
-        where = row.get("task") or row.get("pool") or "training"
-        if row.get("phase"):
-            where += f" ({row['phase']})"
-        if row.get("chosen"):
-            where += f": {row['chosen']} chosen, {row['better']} better"
-        elif row.get("model"):
-            where += f" on {row['model']}"
+        where = failure_location(row)
         numbers = ", ".join(f"{key}={value:.4g}" for key, value in row.items()
                             if isinstance(value, float))
         modes.add_row(row["mode"], escape(str(where)), escape(numbers))

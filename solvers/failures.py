@@ -285,3 +285,15 @@ def _cache_misuse(economy: Economy, comparison, prices, thresholds: Thresholds) 
                           "quality_loss_per_unit": float(loss), "prefill_saving_per_unit": float(saving),
                           "unit": "USD per request share served from the cache"})
     return found
+
+
+def failure_location(row: dict) -> str:
+    """Return where a detected failure mode sits: its task, pool or training, and the models."""
+    where = row.get("task") or row.get("pool") or "training"
+    if row.get("phase"):
+        where += f" ({row['phase']})"
+    if row.get("chosen"):
+        where += f": {row['chosen']} chosen, {row.get('better')} better"
+    elif row.get("model"):
+        where += f" on {row['model']}"
+    return where

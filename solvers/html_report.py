@@ -16,6 +16,7 @@ from pathlib import Path
 import jinja2
 
 from .evaluation import COST_COLUMNS
+from .failures import failure_location
 from .html_figures import (
     MAX_PRICE_PANELS,
     MAX_ROWS,
@@ -211,13 +212,7 @@ def _compare_context(report: dict) -> dict:
 
 def failure_mode_row(row: dict) -> dict:
     """Return a failure mode as ``mode``, ``where`` and the numbers that triggered it."""
-    where = row.get("task") or row.get("pool") or "training"
-    if row.get("phase"):
-        where += f" ({row['phase']})"
-    if row.get("chosen"):
-        where += f": {row['chosen']} chosen, {row.get('better')} better"
-    elif row.get("model"):
-        where += f" on {row['model']}"
+    where = failure_location(row)
     skip = {"mode", "task", "pool", "phase", "chosen", "better", "model", "unit"}
     numbers = [(key.replace("_", " "), value) for key, value in row.items()
                if key not in skip and isinstance(value, (int, float)) and not isinstance(value, bool)]
