@@ -226,10 +226,9 @@ def solve_mip(form: LinearForm, time_limit: float | None = None,
     _price(form, model, solver, result, _column_values(model.form_columns), float(incumbent))
     result.mip_gap = result.gap
     if status is not SolutionStatus.OPTIMAL and result.prices_reason is None:
-        result.prices_reason = (f"HiGHS stopped with {outcome.termination_condition.name} before "
-                                f"proving the gap of {mip_gap:g}; raise --time-limit or --mip-gap")
-        result.message = result.prices_reason
-        result.prices = market_prices(form, result.values, None, result.prices_reason)
+        withhold_prices(form, result, result.values,
+                        f"HiGHS stopped with {outcome.termination_condition.name} before "
+                        f"proving the gap of {mip_gap:g}; raise --time-limit or --mip-gap")
     return result
 
 
@@ -263,10 +262,8 @@ def _price(form: LinearForm, model, solver, result: MipResult, mip_values: np.nd
         result.welfare = None if incumbent is None else incumbent * scale
         result.status = SolutionStatus.FEASIBLE if incumbent is not None \
             else SolutionStatus.NO_SOLUTION
-        result.prices_reason = (f"the fixed-integer LP stopped with "
-                                f"{lp.termination_condition.name}; prices are withheld")
-        result.message = result.prices_reason
-        result.prices = market_prices(form, mip_values, None, result.prices_reason)
+        withhold_prices(form, result, mip_values, f"the fixed-integer LP stopped with "
+                        f"{lp.termination_condition.name}; prices are withheld")
         return result
 
     lp.solution_loader.load_vars()
@@ -302,6 +299,13 @@ def _translate(condition: TerminationCondition, has_solution: bool):
     if status is SolutionStatus.FEASIBLE and not has_solution:
         status = SolutionStatus.NO_SOLUTION
     return termination, status
+
+
+def withhold_prices(form: LinearForm, result: MipResult, values: np.ndarray, reason: str) -> None:
+    """Record ``reason`` as the result's message and report every price as withheld."""
+    result.prices_reason = reason
+    result.message = reason
+    result.prices = market_prices(form, values, None, reason)
 
 
 def market_prices(form: LinearForm, values: np.ndarray, row_duals: np.ndarray | None,

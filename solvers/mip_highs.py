@@ -23,6 +23,7 @@ from .mip import (
     autonomy_schedule,
     market_prices,
     welfare_parts,
+    withhold_prices,
 )
 from .mip_diagnose import infeasibility_diagnosis, new_highs, pass_form
 from .mip_form import LinearForm, fixed_integer_bounds, margin_columns
@@ -115,10 +116,9 @@ def solve_highs(form: LinearForm, time_limit: float | None = None,
         result.bound = result.welfare
     result.mip_gap = result.gap
     if solution is not SolutionStatus.OPTIMAL and result.prices_reason is None:
-        result.prices_reason = (f"HiGHS stopped with {highs.modelStatusToString(status)} before "
-                                f"proving the gap of {mip_gap:g}; raise --time-limit or --mip-gap")
-        result.message = result.prices_reason
-        result.prices = market_prices(form, result.values, None, result.prices_reason)
+        withhold_prices(form, result, result.values,
+                        f"HiGHS stopped with {highs.modelStatusToString(status)} before "
+                        f"proving the gap of {mip_gap:g}; raise --time-limit or --mip-gap")
     return result
 
 
@@ -151,10 +151,8 @@ def _price(form: LinearForm, highs: highspy.Highs, result: MipResult, mip_values
         result.welfare = None if objective is None else objective * scale
         result.status = SolutionStatus.FEASIBLE if objective is not None \
             else SolutionStatus.NO_SOLUTION
-        result.prices_reason = (f"the fixed-integer LP stopped with "
-                                f"{highs.modelStatusToString(status)}; prices are withheld")
-        result.message = result.prices_reason
-        result.prices = market_prices(form, mip_values, None, result.prices_reason)
+        withhold_prices(form, result, mip_values, f"the fixed-integer LP stopped with "
+                        f"{highs.modelStatusToString(status)}; prices are withheld")
         return result
 
     solution = highs.getSolution()
